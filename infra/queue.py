@@ -1,0 +1,77 @@
+"""SQS as the job queue: receive with long polling, extend visibility, delete, send.
+
+The consumer depends on the ``JobQueue`` protocol, so unit tests can drive it with a fake.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+
+
+class JobQueue(Protocol):
+    async def receive(
+        self, *, wait_seconds: int, visibility_timeout: int
+    ) -> list[QueueMessage]: ...
+
+    async def delete(self, message: QueueMessage) -> None: ...
+
+    async def change_visibility(self, message: QueueMessage, timeout: int) -> None: ...
+
+    async def send(self, body: str) -> str: ...
+
+    async def max_receive_count(self) -> int | None: ...
+
+
+class SqsJobQueue:
+    def __init__(self, sqs: Any, queue_url: str) -> None:
+        self._sqs = sqs
+        self._url = queue_url
+
+    async def receive(self, *, wait_seconds: int, visibility_timeout: int) -> list[QueueMessage]:
+        reply = await self._sqs.receive_message(
+            QueueUrl=self._url,
+            MaxNumberOfMessages=1,
+            WaitTimeSeconds=wait_seconds,
+            VisibilityTimeout=visibility_timeout,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        return [
+            QueueMessage(
+                message_id=m["MessageId"],
+                receipt_handle=m["ReceiptHandle"],
+                body=m.get("Body", ""),
+                receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
+            )
+            for m in reply.get("Messages", [])
+        ]
+
+    async def delete(self, message: QueueMessage) -> None:
+        await self._sqs.delete_message(QueueUrl=self._url, ReceiptHandle=message.receipt_handle)
+
+    async def change_visibility(self, message: QueueMessage, timeout: int) -> None:
+        await self._sqs.change_message_visibility(
+            QueueUrl=self._url, ReceiptHandle=message.receipt_handle, VisibilityTimeout=timeout
+        )
+
+    async def send(self, body: str) -> str:
+        reply = await self._sqs.send_message(QueueUrl=self._url, MessageBody=body)
+        return str(reply["MessageId"])
+
+    async def max_receive_count(self) -> int | None:
+        reply = await self._sqs.get_queue_attributes(
+            QueueUrl=self._url, AttributeNames=["RedrivePolicy"]
+        )
+        policy = reply.get("Attributes", {}).get("RedrivePolicy")
+        if not policy:
+            return None
+        return int(json.loads(policy)["maxReceiveCount"])

@@ -1,0 +1,68 @@
+"""The worker's settings, read once from the environment in ``main()`` and passed down.
+
+AWS credentials, region and endpoint come from the standard AWS variables and credential chain
+(``AWS_REGION``, ``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_SQS``, profiles, instance roles):
+loraq reads none of them itself, so a worker behaves exactly like the AWS CLI on the same host.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _default_extensions_dir() -> Path:
+    # DeepSpeed compiles a CPU op on first use (~55 s on 2 cores): keep it inside the venv so
+    # every run on this machine after the first pays ~2 s instead.
+    return Path(sys.prefix) / "torch_extensions"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORAQ_", extra="ignore")
+
+    queue_url: str
+    topic_arn: str | None = None
+    volume: Path = Path("/var/lib/loraq")
+    bucket: str | None = None
+
+    worker_id: str = Field(default_factory=_default_worker_id)
+    # Short on purpose: a dead worker's job reappears within this many seconds; the heartbeat
+    # keeps a live one's message invisible.
+    visibility_timeout: int = Field(default=120, ge=10, le=43_200)
+    heartbeat_interval: float | None = Field(default=None, gt=0)
+    lease_ttl: int | None = Field(default=None, ge=10)
+    wait_time_seconds: int = Field(default=20, ge=0, le=20)
+    # Received this many times, a failing job is failed for good (the queue's redrive policy
+    # moves it to the DLQ on the next receive). None: read the queue's own maxReceiveCount.
+    max_receives: int | None = Field(default=None, ge=1)
+    shutdown_grace_s: float = Field(default=90.0, gt=0)
+
+    progress_interval_s: float = Field(default=5.0, ge=0)
+
+    diffusion_pipe_dir: Path = Path("/opt/diffusion-pipe")
+    deepspeed_bin: str = "deepspeed"
+    num_gpus: int = Field(default=1, ge=1)
+    torch_extensions_dir: Path = Field(default_factory=_default_extensions_dir)
+
+    max_download_bytes: int = Field(default=20 * 1024**3, gt=0)
+    # Hosts or CIDRs a dataset URL may resolve to even though they are private (the local
+    # stack's S3 on 127.0.0.1, an in-VPC MinIO). Empty: only public addresses.
+    fetch_allow: list[str] = Field(default_factory=list)
+    local_publish_dir: Path | None = None
+
+    @property
+    def heartbeat_every(self) -> float:
+        return self.heartbeat_interval or max(1.0, self.visibility_timeout / 4)
+
+    @property
+    def lease_seconds(self) -> int:
+        return self.lease_ttl or self.visibility_timeout
