@@ -1,0 +1,189 @@
+"""Configure: write diffusion-pipe's ``train.toml`` and ``dataset.toml`` for this job.
+
+The request's documented fields map onto diffusion-pipe's keys; unknown ``training`` keys pass
+through, to the table where diffusion-pipe reads them (``[model]``, ``[adapter]``,
+``[optimizer]``, the dataset file) or else the top level. ``build_configs`` is pure so that
+``loraq config`` and the golden tests produce exactly what a job would run with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import toml
+
+from contracts.enums import StageName
+from contracts.request import JobInput
+from infra.volume import JobPaths, atomic_write_text
+from stages.context import StageContext, StageOutcome
+from stages.fetch import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from stages.registry import ModelSpec, spec_for
+
+NAME = StageName.CONFIGURE
+TRAIN_TOML = "train.toml"
+DATASET_TOML = "dataset.toml"
+
+# Where diffusion-pipe reads a pass-through key, when it is not a top-level one.
+_MODEL_KEYS = frozenset(
+    {
+        "transformer_dtype",
+        "timestep_sample_method",
+        "guidance",
+        "flux_shift",
+        "shift",
+        "bypass_guidance_embedding",
+        "v_pred",
+        "min_snr_gamma",
+        "debiased_estimation_loss",
+        "unet_lr",
+        "text_encoder_1_lr",
+        "text_encoder_2_lr",
+        "transformer_path",
+        "llm_path",
+        "diffusion_model_dtype",
+        "min_t",
+        "max_t",
+        "multiscale_loss_weight",
+    }
+)
+_ADAPTER_KEYS = frozenset({"dropout", "init_from_existing"})
+_OPTIMIZER_KEYS = frozenset({"gradient_release", "momentum", "d_coef", "stochastic_rounding"})
+_DATASET_KEYS = frozenset(
+    {
+        "enable_ar_bucket",
+        "min_ar",
+        "max_ar",
+        "num_ar_buckets",
+        "ar_buckets",
+        "resolutions",
+        "frame_buckets",
+        "shuffle_tags",
+        "cache_shuffle_num",
+        "cache_shuffle_delimiter",
+    }
+)
+_TABLES = ("model", "adapter", "optimizer", "monitoring", "evaluation")
+
+
+@dataclass(frozen=True)
+class Configs:
+    train: dict[str, Any]
+    dataset: dict[str, Any]
+    total_steps: int
+
+
+def build_configs(
+    request: JobInput, paths: JobPaths, models_dir: Path, media_counts: dict[str, int]
+) -> Configs:
+    spec = spec_for(request.model_type)
+    t = request.training
+    train: dict[str, Any] = {
+        "output_dir": str(paths.output),
+        "dataset": str(paths.config / DATASET_TOML),
+        "epochs": t.epochs,
+        "micro_batch_size_per_gpu": t.batch_size,
+        "pipeline_stages": 1,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "gradient_clipping": t.gradient_clipping,
+        "warmup_steps": t.warmup_steps,
+        "save_every_n_epochs": t.save_every_n_epochs,
+        "checkpoint_every_n_minutes": t.checkpoint_every_n_minutes,
+        "activation_checkpointing": t.activation_checkpointing,
+        "partition_method": "parameters",
+        "save_dtype": t.save_dtype,
+        "caching_batch_size": t.caching_batch_size,
+        "steps_per_print": 1,
+        "video_clip_mode": t.video_clip_mode,
+        "model": {**spec.model_table, **spec.model_paths(models_dir)},
+        "adapter": {"type": "lora", "rank": t.lora_rank, "dtype": t.lora_dtype},
+        "optimizer": {
+            "type": t.optimizer_type,
+            "lr": t.learning_rate,
+            "betas": list(t.optimizer_betas),
+            "weight_decay": t.optimizer_weight_decay,
+            "eps": t.optimizer_eps,
+        },
+    }
+    dataset = _dataset_table(request, spec, paths)
+    _route_extras(t.extra_keys, train, dataset)
+    total = _total_steps(request, media_counts, train)
+    return Configs(train, dataset, total)
+
+
+def _dataset_table(request: JobInput, spec: ModelSpec, paths: JobPaths) -> dict[str, Any]:
+    resolution = min(request.training.resolution, spec.max_resolution)
+    frame_buckets = request.training.frame_buckets if spec.videos else [1]
+    directories = []
+    if request.dataset.images_url:
+        directories.append(
+            {"path": str(paths.dataset / "images"), "num_repeats": request.dataset.image_repeats}
+        )
+    if request.dataset.videos_url:
+        directories.append(
+            {"path": str(paths.dataset / "videos"), "num_repeats": request.dataset.video_repeats}
+        )
+    return {
+        "resolutions": [resolution],
+        "enable_ar_bucket": True,
+        "min_ar": 0.5,
+        "max_ar": 2.0,
+        "num_ar_buckets": 7,
+        "frame_buckets": frame_buckets,
+        "directory": directories,
+    }
+
+
+def _route_extras(extras: dict[str, Any], train: dict[str, Any], dataset: dict[str, Any]) -> None:
+    for key, value in extras.items():
+        if key in _TABLES and isinstance(value, dict):
+            train.setdefault(key, {}).update(value)
+        elif key in _MODEL_KEYS:
+            train["model"][key] = value
+        elif key in _ADAPTER_KEYS:
+            train["adapter"][key] = value
+        elif key in _OPTIMIZER_KEYS:
+            train["optimizer"][key] = value
+        elif key in _DATASET_KEYS:
+            dataset[key] = value
+        else:
+            train[key] = value
+
+
+def _total_steps(request: JobInput, counts: dict[str, int], train: dict[str, Any]) -> int:
+    """Optimizer steps for the whole run: items × repeats per epoch ÷ (batch × accumulation)."""
+    items = (
+        counts.get("images", 0) * request.dataset.image_repeats
+        + counts.get("videos", 0) * request.dataset.video_repeats
+    )
+    per_step = int(train["micro_batch_size_per_gpu"]) * int(train["gradient_accumulation_steps"])
+    per_epoch = max(1, items // per_step)
+    total = per_epoch * int(train["epochs"])
+    if isinstance(train.get("max_steps"), int):
+        total = min(total, int(train["max_steps"]))
+    return total
+
+
+def count_media(dataset_dir: Path) -> dict[str, int]:
+    def count(sub: str, suffixes: frozenset[str]) -> int:
+        folder = dataset_dir / sub
+        if not folder.exists():
+            return 0
+        return sum(1 for p in folder.iterdir() if p.suffix.lower() in suffixes)
+
+    return {"images": count("images", IMAGE_SUFFIXES), "videos": count("videos", VIDEO_SUFFIXES)}
+
+
+def write_configs(configs: Configs, config_dir: Path) -> None:
+    atomic_write_text(config_dir / DATASET_TOML, toml.dumps(configs.dataset))
+    atomic_write_text(config_dir / TRAIN_TOML, toml.dumps(configs.train))
+
+
+async def run(ctx: StageContext) -> StageOutcome:
+    models_dir = ctx.store.models_dir(ctx.request.model_type)
+    configs = build_configs(ctx.request, ctx.paths, models_dir, count_media(ctx.paths.dataset))
+    write_configs(configs, ctx.paths.config)
+    return StageOutcome(
+        {"train_toml": str(ctx.paths.config / TRAIN_TOML), "total_steps": configs.total_steps}
+    )

@@ -1,0 +1,106 @@
+"""Fetch: download each dataset zip and extract it safely into ``dataset/images|videos``.
+
+Idempotent: anything a crashed attempt left is removed first, and each media folder appears
+under its final name only after extraction finished (extract into ``work/``, then rename).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from contracts.enums import ErrorCode, StageName
+from infra.archive import UnsafeArchive, safe_extract
+from infra.download import DownloadFailed, DownloadRefused, download_http
+from infra.s3 import parse_s3_url
+from stages.context import StageContext, StageOutcome
+from stages.errors import Permanent, Retryable
+
+NAME = StageName.FETCH
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
+CAPTION_SUFFIX = ".txt"
+
+
+async def run(ctx: StageContext) -> StageOutcome:
+    dataset = ctx.request.dataset
+    ctx.paths.work.mkdir(parents=True, exist_ok=True)
+    outputs: dict[str, str | int | float | bool | None] = {}
+    for kind, url, suffixes in (
+        ("images", dataset.images_url, IMAGE_SUFFIXES),
+        ("videos", dataset.videos_url, VIDEO_SUFFIXES),
+    ):
+        final = ctx.paths.dataset / kind
+        shutil.rmtree(final, ignore_errors=True)
+        if url is None:
+            continue
+        field = f"dataset.{kind}_url"
+        archive = ctx.paths.work / f"{kind}.zip"
+        size = await _download(ctx, url, archive, field)
+        count = _extract(archive, ctx.paths.work / f"{kind}.partial", final, suffixes, field)
+        archive.unlink(missing_ok=True)
+        outputs[f"{kind}_count"] = count
+        outputs[f"{kind}_bytes"] = size
+    return StageOutcome(outputs)
+
+
+async def _download(ctx: StageContext, url: str, dest: Path, field: str) -> int:
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(DownloadFailed),
+        stop=stop_after_attempt(4),
+        wait=wait_exponential(multiplier=1, max=20),
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                return await _download_once(ctx, url, dest)
+    except DownloadRefused as exc:
+        raise Permanent(ErrorCode.DATASET_DOWNLOAD_FAILED, str(exc), field=field) from exc
+    except DownloadFailed as exc:
+        raise Retryable(ErrorCode.DATASET_DOWNLOAD_FAILED, str(exc), field=field) from exc
+    raise AssertionError("unreachable")
+
+
+async def _download_once(ctx: StageContext, url: str, dest: Path) -> int:
+    settings = ctx.settings
+    if url.startswith("s3://"):
+        if ctx.s3 is None:
+            raise DownloadRefused("s3:// URLs need the worker's S3 access")
+        bucket, key = parse_s3_url(url)
+        try:
+            return await ctx.s3.download_to(bucket, key, dest, settings.max_download_bytes)
+        except ValueError as exc:
+            raise DownloadRefused(str(exc)) from exc
+        except Exception as exc:  # botocore's errors: missing key, access denied, network
+            raise DownloadRefused(f"cannot read {url}: {exc}") from exc
+    return await download_http(
+        url, dest, max_bytes=settings.max_download_bytes, allow=settings.fetch_allow
+    )
+
+
+def _extract(
+    archive: Path, partial: Path, final: Path, suffixes: frozenset[str], field: str
+) -> int:
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        files = safe_extract(archive, partial)
+    except UnsafeArchive as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise Permanent(ErrorCode.DATASET_INVALID, str(exc), field=field) from exc
+    media = [f for f in files if f.suffix.lower() in suffixes]
+    for stray in files:
+        if stray.suffix.lower() not in suffixes and stray.suffix.lower() != CAPTION_SUFFIX:
+            stray.unlink()
+    if not media:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise Permanent(
+            ErrorCode.DATASET_INVALID,
+            f"the archive holds no supported files ({', '.join(sorted(suffixes))})",
+            field=field,
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial.rename(final)
+    return len(media)

@@ -1,0 +1,106 @@
+"""The stage pipeline: run what the ledger does not already record as completed.
+
+The ledger is written before a stage starts (``running``, attempts + 1) and after it finished
+(``completed`` with its outputs), never in between: a crash leaves ``running``, and the next
+runner does that stage again from scratch, trusting nothing it left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from types import ModuleType
+
+from contracts.enums import DatasetType, ErrorCode, EventType, OutputMethod, StageName, StageStatus
+from contracts.events import StageData
+from contracts.ledger import Ledger, StageError, StageRecord
+from contracts.request import JobInput
+from infra.volume import utcnow
+from stages import caption, configure, fetch, provision, publish, train
+from stages.context import StageContext
+from stages.errors import Permanent, StageFailure
+from stages.registry import spec_for
+
+STAGES: tuple[ModuleType, ...] = (fetch, caption, configure, provision, train, publish)
+assert tuple(m.NAME for m in STAGES) == tuple(StageName), "pipeline order is StageName's order"
+
+# Wraps each stage: logging context and timing live here, not inside the stages.
+StageHook = Callable[[StageName, Callable[[], Awaitable[None]]], Awaitable[None]]
+
+
+def preflight(request: JobInput) -> None:
+    """Refuse, before any download, a request that this worker can never complete."""
+    spec = spec_for(request.model_type)
+    dataset = request.dataset
+    if dataset.videos_url and not spec.videos:
+        raise Permanent(
+            ErrorCode.INVALID_REQUEST,
+            f"{spec.display_name} trains on images only; remove dataset.videos_url",
+            field="dataset.videos_url",
+        )
+    if spec.videos_only and (dataset.images_url or dataset.type is DatasetType.IMAGES):
+        raise Permanent(
+            ErrorCode.INVALID_REQUEST,
+            f"{spec.display_name} trains on videos only",
+            field="dataset.type",
+        )
+    if request.output.method not in publish.SUPPORTED_METHODS:
+        supported = ", ".join(sorted(m.value for m in publish.SUPPORTED_METHODS))
+        raise Permanent(
+            ErrorCode.UNSUPPORTED,
+            f"output method '{request.output.method}' is not available on this worker "
+            f"(available: {supported})",
+            field="output.method",
+        )
+    if request.output.method is OutputMethod.S3 and request.output.s3 is None:
+        raise Permanent(ErrorCode.INVALID_REQUEST, "output.s3 is required", field="output.s3")
+
+
+async def run_stages(
+    ctx: StageContext, save_ledger: Callable[[Ledger], None], hook: StageHook
+) -> None:
+    for module in STAGES:
+        name: StageName = module.NAME
+        record = ctx.ledger.stage(name)
+        if record.status is StageStatus.COMPLETED:
+            continue
+        record.status = StageStatus.RUNNING
+        record.attempts += 1
+        record.started_at = utcnow()
+        record.error = None
+        save_ledger(ctx.ledger)
+        await ctx.emit(
+            EventType.STAGE_STARTED,
+            StageData(job_id=ctx.job_id, stage=name, attempt=record.attempts),
+        )
+        started = time.monotonic()
+
+        async def body(module: ModuleType = module, record: StageRecord = record) -> None:
+            outcome = await module.run(ctx)
+            record.outputs = dict(outcome.outputs)
+
+        try:
+            await hook(name, body)
+        except StageFailure as failure:
+            record.status = StageStatus.FAILED
+            record.error = StageError(
+                code=failure.code,
+                message=failure.message,
+                field=failure.field,
+                retryable=failure.retryable,
+            )
+            save_ledger(ctx.ledger)
+            raise
+        record.status = StageStatus.COMPLETED
+        record.completions += 1
+        record.completed_at = utcnow()
+        save_ledger(ctx.ledger)
+        await ctx.emit(
+            EventType.STAGE_COMPLETED,
+            StageData(
+                job_id=ctx.job_id,
+                stage=name,
+                attempt=record.attempts,
+                duration_s=round(time.monotonic() - started, 3),
+            ),
+        )

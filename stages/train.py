@@ -1,0 +1,176 @@
+"""Train: run the trainer to completion, resuming from the newest complete checkpoint.
+
+Progress events come from the trainer's own stdout; checkpoints are noticed when DeepSpeed's
+``latest`` file moves. On shutdown the trainer is asked to checkpoint and quit (``save_quit``),
+so the next worker loses at most the steps since that checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from pathlib import Path
+
+from contracts.enums import ErrorCode, EventType, StageName
+from contracts.events import CheckpointData, ProgressData
+from stages.configure import TRAIN_TOML
+from stages.context import StageContext, StageOutcome
+from stages.errors import Interrupted, Retryable
+from stages.registry import spec_for
+from stages.trainer.launcher import TrainerProcess, build_launch, request_save_quit
+from stages.trainer.log_parser import (
+    CompleteLine,
+    EpochLine,
+    QuitLine,
+    ResumedLine,
+    StepLine,
+    parse_line,
+)
+from stages.trainer.progress import ProgressTracker
+from stages.trainer.run_dirs import checkpoint_in, newest_checkpoint, newest_run_dir, saved_models
+
+NAME = StageName.TRAIN
+LOG_FILE = "logs/train.log"
+_TAIL_LINES = 20
+
+
+class _Watch:
+    """Turns trainer lines into events and remembers what a caller needs afterwards."""
+
+    def __init__(self, ctx: StageContext, total_steps: int | None, resumed_tag: str | None):
+        self.ctx = ctx
+        self.progress = ProgressTracker(total_steps)
+        self.checkpoint_tag = resumed_tag
+        self.complete = False
+        self.quit = False
+        self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
+
+    async def line(self, text: str) -> None:
+        self.tail.append(text)
+        parsed = parse_line(text)
+        if isinstance(parsed, StepLine):
+            self.progress.record(parsed.step, parsed.iter_time_s)
+            await self._progress(parsed)
+            await self.check_checkpoint()
+        elif isinstance(parsed, (EpochLine, ResumedLine)):
+            self.progress.epoch = parsed.epoch
+        elif isinstance(parsed, CompleteLine):
+            self.complete = True
+        elif isinstance(parsed, QuitLine):
+            self.quit = True
+
+    async def _progress(self, parsed: StepLine) -> None:
+        p = self.progress
+        await self.ctx.emit(
+            EventType.JOB_PROGRESS,
+            ProgressData(
+                job_id=self.ctx.job_id,
+                epoch=p.epoch,
+                step=parsed.step,
+                total_steps=p.total_steps,
+                loss=parsed.loss,
+                samples_per_s=parsed.samples_per_s,
+                eta_s=p.eta_s,
+                percent=p.percent,
+            ),
+        )
+
+    async def check_checkpoint(self) -> None:
+        run_dir = newest_run_dir(self.ctx.paths.output)
+        found = checkpoint_in(run_dir) if run_dir else None
+        if found is None or found.tag == self.checkpoint_tag:
+            return
+        self.checkpoint_tag = found.tag
+        await self.ctx.emit(
+            EventType.JOB_CHECKPOINTED,
+            CheckpointData(
+                job_id=self.ctx.job_id, step=found.step, epoch=self.progress.epoch, tag=found.tag
+            ),
+        )
+
+
+async def run(ctx: StageContext) -> StageOutcome:
+    spec = spec_for(ctx.request.model_type)
+    total = ctx.output_of(StageName.CONFIGURE, "total_steps")
+    resume = newest_checkpoint(ctx.paths.output)
+    launch = build_launch(ctx.settings, spec, ctx.paths.config / TRAIN_TOML, resume=resume)
+    watch = _Watch(
+        ctx, int(total) if isinstance(total, int) else None, resume.tag if resume else None
+    )
+    if resume is not None:
+        watch.progress.step = resume.step
+    log_path = ctx.paths.root / LOG_FILE
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    process = await TrainerProcess.start(launch)
+    try:
+        interrupted = await _supervise(ctx, process, watch, log_path)
+        code = await process.wait()
+    finally:
+        # Whatever happened to us (cancelled, crashed), no rank of this job may outlive it.
+        process.kill_group()
+    await watch.check_checkpoint()
+    if interrupted:
+        raise Interrupted("the worker is shutting down", step=watch.progress.step)
+    return _outcome(ctx, watch, code, spec.lora_file)
+
+
+async def _supervise(
+    ctx: StageContext, process: TrainerProcess, watch: _Watch, log_path: Path
+) -> bool:
+    """Read the trainer until it exits; True if we asked it to stop for a shutdown."""
+    reader = asyncio.create_task(_read(process, watch, log_path))
+    stop = asyncio.create_task(ctx.stop_requested.wait())
+    try:
+        await asyncio.wait({reader, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if reader.done():
+            await reader
+            return False
+        run_dir = newest_run_dir(ctx.paths.output)
+        if run_dir is not None and watch.progress.step > 0:
+            request_save_quit(run_dir)
+        else:
+            process.kill_group()
+        try:
+            await asyncio.wait_for(asyncio.shield(reader), ctx.settings.shutdown_grace_s)
+        except TimeoutError:
+            process.kill_group()
+            await reader
+        return True
+    finally:
+        stop.cancel()
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
+async def _read(process: TrainerProcess, watch: _Watch, log_path: Path) -> None:
+    with log_path.open("a", encoding="utf-8") as log:
+        async for text in process.lines():
+            log.write(text + "\n")
+            log.flush()
+            await watch.line(text)
+
+
+def _outcome(ctx: StageContext, watch: _Watch, code: int, lora_file: str) -> StageOutcome:
+    if code != 0 or not watch.complete:
+        tail = "\n".join(watch.tail)
+        reason = "stopped before finishing" if watch.quit else f"exited with code {code}"
+        raise Retryable(ErrorCode.TRAINING_FAILED, f"the trainer {reason}; last output:\n{tail}")
+    run_dir = newest_run_dir(ctx.paths.output)
+    models = saved_models(run_dir, lora_file) if run_dir else []
+    if run_dir is None or not models:
+        raise Retryable(ErrorCode.TRAINING_FAILED, f"training finished but wrote no {lora_file}")
+    kind, number, model_dir = models[-1]
+    epochs = number if kind == "epoch" else watch.progress.epoch
+    return StageOutcome(
+        {
+            "run_dir": str(run_dir),
+            "model_dir": str(model_dir),
+            "lora_path": str(model_dir / lora_file),
+            "latest_epoch": model_dir.name,
+            "epochs_completed": epochs,
+            "final_step": watch.progress.step,
+        }
+    )

@@ -1,0 +1,169 @@
+"""Launch the trainer exactly as diffusion-pipe documents it, in its own process group.
+
+``deepspeed --num_gpus=N train.py --deepspeed --config train.toml [--resume_from_checkpoint
+RUN] --master_port P``. The built-in ``tiny`` trainer is launched by the same code with its own
+``train.py``. Each job gets a free master port (several jobs may share a host) and its own
+session, so stopping a job reaches every rank the launcher spawned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import stages.tiny_trainer
+from infra.settings import Settings
+from stages.registry import ModelSpec
+from stages.trainer.run_dirs import Checkpoint
+
+# Never hand the worker's own credentials to the trainer: it needs none of them.
+_SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|CREDENTIAL|API_KEY|ACCESS_KEY)", re.I)
+_DROPPED_PREFIXES = ("AWS_", "LORAQ_", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GEMINI", "GOOGLE_")
+SAVE_QUIT_FILE = "save_quit"
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def deepspeed_command(settings: Settings) -> str:
+    configured = settings.deepspeed_bin
+    beside_python = Path(sys.executable).parent / configured
+    if not Path(configured).is_absolute() and beside_python.exists():
+        return str(beside_python)
+    return configured
+
+
+def trainer_script(spec: ModelSpec, settings: Settings) -> tuple[Path, Path]:
+    """(train.py, working directory): diffusion-pipe imports its modules relative to its root."""
+    if spec.builtin:
+        script = Path(stages.tiny_trainer.__file__).parent / "train.py"
+        return script, script.parent
+    return settings.diffusion_pipe_dir / "train.py", settings.diffusion_pipe_dir
+
+
+def trainer_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in (os.environ if base is None else base).items()
+        if not key.startswith(_DROPPED_PREFIXES) and not _SECRET_ENV.search(key)
+    }
+    env.update(
+        PYTHONUNBUFFERED="1",
+        TORCH_EXTENSIONS_DIR=str(settings.torch_extensions_dir),
+        PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True",
+        # Consumer GPUs without NVLink hang in NCCL's P2P/IB probes (diffusion-pipe's README).
+        NCCL_P2P_DISABLE="1",
+        NCCL_IB_DISABLE="1",
+    )
+    return env
+
+
+def build_launch(
+    settings: Settings,
+    spec: ModelSpec,
+    train_toml: Path,
+    *,
+    resume: Checkpoint | None = None,
+    master_port: int | None = None,
+    cache_only: bool = False,
+) -> Launch:
+    script, cwd = trainer_script(spec, settings)
+    argv = [
+        deepspeed_command(settings),
+        f"--num_gpus={settings.num_gpus}",
+        str(script),
+        "--deepspeed",
+        "--config",
+        str(train_toml),
+    ]
+    if resume is not None:
+        argv += ["--resume_from_checkpoint", resume.run_dir.name]
+    if cache_only:
+        argv.append("--cache_only")
+    argv += ["--master_port", str(master_port or free_port())]
+    return Launch(argv, cwd, trainer_env(settings))
+
+
+class TrainerProcess:
+    """One trainer run: its merged output as lines, a polite stop, and a hard one."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+
+    @classmethod
+    async def start(cls, launch: Launch) -> TrainerProcess:
+        process = await asyncio.create_subprocess_exec(
+            *launch.argv,
+            cwd=launch.cwd,
+            env=launch.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            limit=1 << 20,
+        )
+        return cls(process)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    async def lines(self) -> AsyncIterator[str]:
+        assert self._process.stdout is not None
+        while raw := await self._process.stdout.readline():
+            yield raw.decode("utf-8", errors="replace").rstrip("\r\n")
+
+    async def wait(self) -> int:
+        return await self._process.wait()
+
+    def kill_group(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, sig)
+
+    async def stop(self, grace_s: float) -> int:
+        """SIGTERM the whole group, then SIGKILL whatever is left after ``grace_s``."""
+        self.kill_group(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self._process.wait(), grace_s)
+        except TimeoutError:
+            self.kill_group(signal.SIGKILL)
+            return await self._process.wait()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM the launcher when the worker dies, even by SIGKILL.
+
+    Without it a killed worker leaves its trainer running, and the worker that resumes the job
+    would train beside it on the same output directory. DeepSpeed's launcher forwards the
+    SIGTERM to its ranks.
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def request_save_quit(run_dir: Path) -> None:
+    """diffusion-pipe's control file: checkpoint at the next step boundary, then exit."""
+    (run_dir / SAVE_QUIT_FILE).touch()
