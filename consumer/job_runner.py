@@ -1,0 +1,317 @@
+"""Run one received message: receive → lease → run stages → publish → ack.
+
+A message is deleted only after its terminal event was published; everything else leaves it
+on the queue, where the visibility timeout, the receive count and the dead-letter queue decide
+what happens next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from consumer.events import EventPublisher
+from consumer.heartbeat import Heartbeat
+from consumer.messages import Rejection, parse_request
+from consumer.policy import RetryPolicy
+from contracts.enums import ErrorCode, EventType, JobStatus, StageName, StageStatus
+from contracts.events import AcceptedData, FailedData, InterruptedData, SucceededData
+from contracts.ledger import Ledger, StageError
+from contracts.request import JobInput, JobRequest
+from infra.queue import JobQueue, QueueMessage
+from infra.redact import Redactor
+from infra.s3 import S3Objects
+from infra.settings import Settings
+from infra.volume import JobStore, LeaseHeld, LeaseToken, utcnow
+from stages.context import StageContext
+from stages.errors import Interrupted, Retryable, StageFailure
+from stages.pipeline import preflight, run_stages
+
+log = structlog.get_logger("loraq.job")
+
+
+@dataclass
+class Job:
+    """One delivery of one job, with what every step below needs."""
+
+    message: QueueMessage
+    request: JobInput
+    job_id: str
+    redactor: Redactor
+
+    @property
+    def model_type(self) -> str:
+        return self.request.model_type.value
+
+
+class JobRunner:
+    def __init__(
+        self,
+        queue: JobQueue,
+        store: JobStore,
+        publisher: EventPublisher,
+        settings: Settings,
+        policy: RetryPolicy,
+        *,
+        stop_requested: asyncio.Event,
+        s3: S3Objects | None = None,
+    ) -> None:
+        self._queue = queue
+        self._store = store
+        self._events = publisher
+        self._settings = settings
+        self._policy = policy
+        self._stop = stop_requested
+        self._s3 = s3
+
+    async def handle(self, message: QueueMessage) -> None:
+        parsed = parse_request(message.body, message.message_id)
+        if isinstance(parsed, Rejection):
+            await self._reject(message, parsed)
+            return
+        job = _job_of(message, parsed)
+        with structlog.contextvars.bound_contextvars(job_id=job.job_id):
+            if await self._replay_finished(job):
+                return
+            try:
+                token = self._store.acquire_lease(
+                    job.job_id, self._settings.worker_id, self._settings.lease_seconds
+                )
+            except LeaseHeld as held:
+                log.info("job_leased_elsewhere", holder=held.lease.worker_id)
+                return  # the message reappears after its visibility timeout
+            try:
+                await self._run_leased(job, token)
+            finally:
+                self._store.release_lease(token)
+
+    async def _reject(self, message: QueueMessage, rejection: Rejection) -> None:
+        log.warning(
+            "request_rejected",
+            job_id=rejection.job_id,
+            code=rejection.code.value,
+            field=rejection.field,
+        )
+        data = FailedData(
+            job_id=rejection.job_id,
+            code=rejection.code,
+            field=rejection.field,
+            message=rejection.message,
+            retryable=False,
+        )
+        await self._events.publish(EventType.JOB_FAILED, data, model_type=None)
+        await self._queue.delete(message)
+
+    async def _replay_finished(self, job: Job) -> bool:
+        """A finished job received again publishes its stored outcome instead of re-running."""
+        ledger = self._store.load_ledger(job.job_id)
+        if ledger is None or ledger.status is JobStatus.RUNNING:
+            return False
+        if ledger.status is JobStatus.SUCCEEDED and (result := self._store.load_result(job.job_id)):
+            data: Any = SucceededData(**result.model_dump())
+            await self._events.publish(EventType.JOB_SUCCEEDED, data, model_type=job.model_type)
+        else:
+            await self._publish_failed(job, ledger, attempt=job.message.receive_count)
+        await self._queue.delete(job.message)
+        return True
+
+    async def _run_leased(self, job: Job, token: LeaseToken) -> None:
+        ledger = self._open_ledger(job)
+        settings = self._settings
+        heartbeat = Heartbeat(
+            self._queue,
+            self._store,
+            job.message,
+            token,
+            interval_s=settings.heartbeat_every,
+            visibility_s=settings.visibility_timeout,
+            lease_s=settings.lease_seconds,
+        )
+        async with heartbeat:
+            await self._emit(
+                job,
+                EventType.JOB_ACCEPTED,
+                AcceptedData(
+                    job_id=job.job_id,
+                    model_type=job.request.model_type,
+                    delivery=job.message.receive_count,
+                    resumed=ledger.deliveries > 1,
+                ),
+            )
+            try:
+                preflight(job.request)
+                await self._run_pipeline(job, ledger, heartbeat.lost)
+            except Interrupted as stop:
+                await self._interrupted(job, stop)
+                return
+            except StageFailure as failure:
+                await self._failed(job, ledger, failure)
+                return
+            except Exception as exc:  # a bug must fail one job, never the worker
+                log.exception("stage_crashed")
+                await self._failed(job, ledger, _internal(exc, job.redactor))
+                return
+        await self._succeeded(job, ledger)
+
+    def _open_ledger(self, job: Job) -> Ledger:
+        ledger = self._store.load_ledger(job.job_id)
+        if ledger is None:
+            now = utcnow()
+            ledger = Ledger(
+                job_id=job.job_id, model_type=job.request.model_type, created_at=now, updated_at=now
+            )
+            self._store.save_request(job.job_id, job.request.redacted())
+        ledger.deliveries += 1
+        self._store.save_ledger(ledger)
+        return ledger
+
+    async def _run_pipeline(self, job: Job, ledger: Ledger, lease_lost: asyncio.Event) -> None:
+        stop = AnyEvent(self._stop, lease_lost)
+        ctx = StageContext(
+            job_id=job.job_id,
+            request=job.request,
+            paths=self._store.paths(job.job_id),
+            store=self._store,
+            settings=self._settings,
+            ledger=ledger,
+            emit=lambda event_type, data: self._emit(job, event_type, data),
+            stop_requested=stop,
+            s3=self._s3,
+        )
+        try:
+            await run_stages(ctx, self._store.save_ledger, _stage_hook)
+        finally:
+            stop.close()
+
+    async def _emit(self, job: Job, event_type: EventType, data: Any) -> None:
+        await self._events.publish(event_type, data, model_type=job.model_type)
+
+    async def _succeeded(self, job: Job, ledger: Ledger) -> None:
+        result = self._store.load_result(job.job_id)
+        if result is None:
+            raise RuntimeError("publish completed without writing result.json")
+        ledger.status = JobStatus.SUCCEEDED
+        self._store.save_ledger(ledger)
+        # Shielded: a shutdown arriving now must not lose the terminal event or the ack.
+        await asyncio.shield(
+            self._finish(job, EventType.JOB_SUCCEEDED, SucceededData(**result.model_dump()))
+        )
+
+    async def _finish(self, job: Job, event_type: EventType, data: Any) -> None:
+        await self._emit(job, event_type, data)
+        await self._queue.delete(job.message)
+
+    async def _interrupted(self, job: Job, stop: Interrupted) -> None:
+        await self._emit(
+            job,
+            EventType.JOB_INTERRUPTED,
+            InterruptedData(
+                job_id=job.job_id, stage=StageName.TRAIN, reason=stop.reason, step=stop.step
+            ),
+        )
+        # Visible at once: another worker resumes from the checkpoint just written.
+        await self._queue.change_visibility(job.message, 0)
+
+    async def _failed(self, job: Job, ledger: Ledger, failure: StageFailure) -> None:
+        attempt = job.message.receive_count
+        stage = _failed_stage(ledger)
+        message = job.redactor(failure.message)
+        log.warning(
+            "job_attempt_failed",
+            code=failure.code.value,
+            stage=stage,
+            attempt=attempt,
+            retryable=failure.retryable,
+            error=message,
+        )
+        if failure.retryable and not self._policy.is_final(attempt):
+            delay = self._policy.delay_s(attempt)
+            await self._emit(
+                job,
+                EventType.JOB_INTERRUPTED,
+                InterruptedData(
+                    job_id=job.job_id,
+                    stage=stage,
+                    reason=message,
+                    code=failure.code,
+                    retry_in_s=delay,
+                    attempt=attempt,
+                ),
+            )
+            await self._queue.change_visibility(job.message, delay)
+            return
+        ledger.status = JobStatus.FAILED
+        ledger.failed_stage = stage
+        ledger.error = StageError(
+            code=failure.code, message=message, field=failure.field, retryable=False
+        )
+        self._store.save_ledger(ledger)
+        await asyncio.shield(self._final_failure(job, ledger, attempt))
+
+    async def _final_failure(self, job: Job, ledger: Ledger, attempt: int) -> None:
+        await self._publish_failed(job, ledger, attempt)
+        if self._policy.has_dead_letter_queue and self._policy.is_final(attempt):
+            # Left visible: the next receive exceeds maxReceiveCount and SQS moves it to the DLQ.
+            await self._queue.change_visibility(job.message, 0)
+        else:
+            await self._queue.delete(job.message)
+
+    async def _publish_failed(self, job: Job, ledger: Ledger, attempt: int) -> None:
+        error = ledger.error or StageError(
+            code=ErrorCode.INTERNAL_ERROR, retryable=False, message="the job failed"
+        )
+        data = FailedData(
+            job_id=job.job_id,
+            stage=ledger.failed_stage,
+            attempt=attempt,
+            retryable=False,
+            code=error.code,
+            field=error.field,
+            message=job.redactor(error.message),
+        )
+        await self._emit(job, EventType.JOB_FAILED, data)
+
+
+def _job_of(message: QueueMessage, request: JobRequest) -> Job:
+    secrets = request.input.secret_values()
+    job_id = request.input.job_id or message.message_id
+    return Job(message, request.input, job_id, Redactor(secrets))
+
+
+def _failed_stage(ledger: Ledger) -> StageName | None:
+    """The stage that failed this attempt (None: the request was refused before any stage)."""
+    for name, record in ledger.stages.items():
+        if record.status is StageStatus.FAILED:
+            return name
+    return None
+
+
+def _internal(exc: Exception, redactor: Redactor) -> StageFailure:
+    return Retryable(ErrorCode.INTERNAL_ERROR, redactor(f"{type(exc).__name__}: {exc}"))
+
+
+async def _stage_hook(stage: StageName, body: Callable[[], Awaitable[None]]) -> None:
+    with structlog.contextvars.bound_contextvars(stage=stage.value):
+        log.info("stage_started")
+        await body()
+        log.info("stage_completed")
+
+
+class AnyEvent(asyncio.Event):
+    """An event set when either source is set; ``close`` stops watching them."""
+
+    def __init__(self, *sources: asyncio.Event) -> None:
+        super().__init__()
+        self._watchers = [asyncio.ensure_future(self._follow(s)) for s in sources]
+
+    async def _follow(self, source: asyncio.Event) -> None:
+        await source.wait()
+        self.set()
+
+    def close(self) -> None:
+        for watcher in self._watchers:
+            watcher.cancel()

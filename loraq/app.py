@@ -1,0 +1,102 @@
+"""Build a worker from ``Settings`` and run it until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+
+from consumer.events import EventPublisher, EventSink
+from consumer.job_runner import JobRunner
+from consumer.policy import DEFAULT_MAX_RECEIVES, RetryPolicy
+from consumer.worker import Worker
+from infra.aws import AwsClients
+from infra.queue import SqsJobQueue
+from infra.s3 import S3Objects
+from infra.settings import Settings
+from infra.sns import SnsEventSink
+from infra.volume import JobStore
+
+log = structlog.get_logger("loraq.app")
+
+
+async def run_worker(
+    settings: Settings, *, slots: int = 1, stop: asyncio.Event | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT, or until ``stop`` is set when the caller owns the process."""
+    async with AwsClients() as aws:
+        queue = SqsJobQueue(aws.sqs, settings.queue_url)
+        store = JobStore(settings.volume)
+        sinks: list[EventSink] = []
+        if settings.topic_arn:
+            sinks.append(SnsEventSink(aws.sns, settings.topic_arn))
+        publisher = EventPublisher(
+            store,
+            sinks,
+            source=f"loraq/worker/{settings.worker_id}",
+            progress_interval_s=settings.progress_interval_s,
+        )
+        policy = await _retry_policy(queue, settings)
+        stop_jobs = asyncio.Event()
+        runner = JobRunner(
+            queue,
+            store,
+            publisher,
+            settings,
+            policy,
+            stop_requested=stop_jobs,
+            s3=S3Objects(aws.s3),
+        )
+        worker = Worker(
+            queue,
+            runner,
+            stop_requested=stop_jobs,
+            slots=slots,
+            wait_seconds=settings.wait_time_seconds,
+            visibility_timeout=settings.visibility_timeout,
+            grace_s=settings.shutdown_grace_s,
+        )
+        if stop is None:
+            _on_signals(worker)
+        else:
+            watcher = asyncio.ensure_future(_shutdown_when(stop, worker))
+        log.info(
+            "worker_started",
+            worker_id=settings.worker_id,
+            queue=settings.queue_url,
+            max_receives=policy.max_receives,
+            volume=str(settings.volume),
+        )
+        try:
+            await worker.run()
+        finally:
+            if stop is not None:
+                watcher.cancel()
+
+
+async def _retry_policy(queue: SqsJobQueue, settings: Settings) -> RetryPolicy:
+    from_queue = await queue.max_receive_count()
+    max_receives = settings.max_receives or from_queue or DEFAULT_MAX_RECEIVES
+    return RetryPolicy(max_receives=max_receives, has_dead_letter_queue=from_queue is not None)
+
+
+async def _shutdown_when(stop: asyncio.Event, worker: Worker) -> None:
+    await stop.wait()
+    await worker.shutdown()
+
+
+_PENDING: set[asyncio.Future[None]] = set()
+
+
+def _on_signals(worker: Worker) -> None:
+    loop = asyncio.get_running_loop()
+
+    def begin_shutdown() -> None:
+        # Keep a reference: the loop holds tasks weakly, and shutdown must run to its end.
+        task = asyncio.ensure_future(worker.shutdown())
+        _PENDING.add(task)
+        task.add_done_callback(_PENDING.discard)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, begin_shutdown)
