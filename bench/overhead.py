@@ -18,21 +18,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from contracts.request import JobRequest  # noqa: E402
-from infra.local_stack import LocalStack, start_local_stack  # noqa: E402
-from infra.settings import Settings  # noqa: E402
-from infra.volume import JobPaths  # noqa: E402
-from loraq.app import run_worker  # noqa: E402
-from loraq.demo import demo_request, upload_dataset  # noqa: E402
-from loraq.sample_data import write_image_dataset  # noqa: E402
-from stages.configure import TRAIN_TOML, build_configs, write_configs  # noqa: E402
-from stages.registry import spec_for  # noqa: E402
-from stages.trainer.launcher import build_launch  # noqa: E402
-from tests.conftest import send_job, wait_for_terminal  # noqa: E402
+from contracts.request import JobRequest
+from infra.local_stack import LocalStack, start_local_stack
+from infra.settings import Settings
+from infra.volume import JobPaths
+from loraq.app import run_worker
+from loraq.demo import demo_request, upload_dataset
+from loraq.sample_data import write_image_dataset
+from stages.configure import TRAIN_TOML, build_configs, write_configs
+from stages.registry import spec_for
+from stages.trainer.launcher import build_launch
+from tests.conftest import send_job, wait_for_terminal
 
 
 def bare_trainer(request: JobRequest, root: Path, settings: Settings) -> float:
@@ -42,14 +43,26 @@ def bare_trainer(request: JobRequest, root: Path, settings: Settings) -> float:
     write_configs(configs, paths.config)
     launch = build_launch(settings, spec_for(request.input.model_type), paths.config / TRAIN_TOML)
     started = time.perf_counter()
-    subprocess.run(launch.argv, cwd=launch.cwd, env=launch.env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        launch.argv,
+        cwd=launch.cwd,
+        env=launch.env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - started
 
 
 async def through_queue(stack: LocalStack, body: dict, volume: Path) -> float:
-    settings = Settings(queue_url=stack.queue_url, topic_arn=stack.topic_arn, volume=volume,
-                        fetch_allow=["127.0.0.1"], wait_time_seconds=1, progress_interval_s=5)
+    settings = Settings(
+        queue_url=stack.queue_url,
+        topic_arn=stack.topic_arn,
+        volume=volume,
+        fetch_allow=["127.0.0.1"],
+        wait_time_seconds=1,
+        progress_interval_s=5,
+    )
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(settings, stop=stop))
     started = time.perf_counter()
@@ -59,6 +72,10 @@ async def through_queue(stack: LocalStack, body: dict, volume: Path) -> float:
     stop.set()
     await worker
     return elapsed
+
+
+def _queued(stack: LocalStack, body: dict, volume: Path) -> float:
+    return asyncio.run(through_queue(stack, body, volume))
 
 
 def main() -> None:
@@ -72,25 +89,39 @@ def main() -> None:
     queue_times, bare_times = [], []
     try:
         for round_ in range(args.rounds):
-            body = demo_request(url, stack, job_id=f"bench-{round_}", epochs=args.epochs,
-                                save_every_n_epochs=args.epochs)
+            body = demo_request(
+                url,
+                stack,
+                job_id=f"bench-{round_}",
+                epochs=args.epochs,
+                save_every_n_epochs=args.epochs,
+            )
             request = JobRequest.model_validate(body)
             with tempfile.TemporaryDirectory() as tmp:
-                settings = Settings(queue_url="unused", volume=Path(tmp))
-                runs = [lambda: bare_trainer(request, Path(tmp) / "bare", settings),
-                        lambda: asyncio.run(through_queue(stack, body, Path(tmp) / "vol"))]
+                root, settings = Path(tmp), Settings(queue_url="unused", volume=Path(tmp))
+                runs = [
+                    partial(bare_trainer, request, root / "bare", settings),
+                    partial(_queued, stack, body, root / "vol"),
+                ]
                 if round_ % 2:
                     runs.reverse()
                 results = [run() for run in runs]
                 bare, queued = results if round_ % 2 == 0 else results[::-1]
             bare_times.append(bare)
             queue_times.append(queued)
-            print(f"round {round_}: queue {queued:.2f}s  bare {bare:.2f}s  ratio {queued / bare:.3f}")
+            print(
+                f"round {round_}: queue {queued:.2f}s  bare {bare:.2f}s  ratio {queued / bare:.3f}"
+            )
     finally:
         stack.stop()
     ratio = statistics.median(q / b for q, b in zip(queue_times, bare_times, strict=True))
-    summary = {"epochs": args.epochs, "steps": 8 * args.epochs, "queue_s": queue_times,
-               "bare_s": bare_times, "median_ratio": round(ratio, 3)}
+    summary = {
+        "epochs": args.epochs,
+        "steps": 8 * args.epochs,
+        "queue_s": queue_times,
+        "bare_s": bare_times,
+        "median_ratio": round(ratio, 3),
+    }
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "overhead.json").write_text(json.dumps(summary, indent=2))

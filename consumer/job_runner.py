@@ -8,6 +8,7 @@ what happens next.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,12 +16,12 @@ from typing import Any
 import structlog
 
 from consumer.events import EventPublisher
-from consumer.heartbeat import Heartbeat
+from consumer.heartbeat import CONTINUATION_ATTRIBUTE, RECEIPT_LIMIT_S, Heartbeat
 from consumer.messages import Rejection, parse_request
 from consumer.policy import RetryPolicy
 from contracts.enums import ErrorCode, EventType, JobStatus, StageName, StageStatus
 from contracts.events import AcceptedData, FailedData, InterruptedData, SucceededData
-from contracts.ledger import Ledger, StageError
+from contracts.ledger import Lease, Ledger, StageError
 from contracts.request import JobInput, JobRequest
 from infra.queue import JobQueue, QueueMessage
 from infra.redact import Redactor
@@ -29,9 +30,11 @@ from infra.settings import Settings
 from infra.volume import JobStore, LeaseHeld, LeaseToken, utcnow
 from stages.context import StageContext
 from stages.errors import Interrupted, Retryable, StageFailure
-from stages.pipeline import preflight, run_stages
+from stages.pipeline import StageHook, preflight, run_stages
 
 log = structlog.get_logger("loraq.job")
+
+MAX_SEND_DELAY_S = 900  # SQS's DelaySeconds limit
 
 
 @dataclass
@@ -42,10 +45,20 @@ class Job:
     request: JobInput
     job_id: str
     redactor: Redactor
+    heartbeat: Heartbeat | None = None
 
     @property
     def model_type(self) -> str:
         return self.request.model_type.value
+
+    @property
+    def current_message(self) -> QueueMessage | None:
+        """The message that stands for this job now (None once handed to a continuation)."""
+        return self.heartbeat.message if self.heartbeat is not None else self.message
+
+    @property
+    def is_continuation(self) -> bool:
+        return CONTINUATION_ATTRIBUTE in self.message.attributes
 
 
 class JobRunner:
@@ -59,6 +72,7 @@ class JobRunner:
         *,
         stop_requested: asyncio.Event,
         s3: S3Objects | None = None,
+        stage_hook: StageHook | None = None,
     ) -> None:
         self._queue = queue
         self._store = store
@@ -67,6 +81,7 @@ class JobRunner:
         self._policy = policy
         self._stop = stop_requested
         self._s3 = s3
+        self._hook = stage_hook or log_stage
 
     async def handle(self, message: QueueMessage) -> None:
         parsed = parse_request(message.body, message.message_id)
@@ -82,8 +97,8 @@ class JobRunner:
                     job.job_id, self._settings.worker_id, self._settings.lease_seconds
                 )
             except LeaseHeld as held:
-                log.info("job_leased_elsewhere", holder=held.lease.worker_id)
-                return  # the message reappears after its visibility timeout
+                await self._defer(job, held.lease)
+                return
             try:
                 await self._run_leased(job, token)
             finally:
@@ -106,11 +121,37 @@ class JobRunner:
         await self._events.publish(EventType.JOB_FAILED, data, model_type=None)
         await self._queue.delete(message)
 
+    async def _defer(self, job: Job, lease: Lease) -> None:
+        """Another runner holds the job: put the message back until its lease would end.
+
+        A continuation waits like this for the whole run. Before SQS's receive count would
+        send it to the dead-letter queue, it is replaced by a fresh copy: the job is alive.
+        """
+        remaining = (lease.expires_at - utcnow()).total_seconds()
+        delay = int(min(max(remaining + 1, 1), RECEIPT_LIMIT_S - 60))
+        log.info("job_leased_elsewhere", holder=lease.worker_id, retry_in_s=delay)
+        if self._policy.is_final(job.message.receive_count):
+            await self._queue.send(
+                job.message.body,
+                attributes=job.message.attributes,
+                delay_s=min(delay, MAX_SEND_DELAY_S),
+            )
+            await self._queue.delete(job.message)
+        else:
+            await self._queue.change_visibility(job.message, delay)
+
     async def _replay_finished(self, job: Job) -> bool:
-        """A finished job received again publishes its stored outcome instead of re-running."""
+        """A finished job received again publishes its stored outcome instead of re-running.
+
+        A continuation of a finished job is only a safety net that outlived its run: the
+        terminal event is already out, so it is removed without a second one.
+        """
         ledger = self._store.load_ledger(job.job_id)
         if ledger is None or ledger.status is JobStatus.RUNNING:
             return False
+        if job.is_continuation:
+            await self._queue.delete(job.message)
+            return True
         if ledger.status is JobStatus.SUCCEEDED and (result := self._store.load_result(job.job_id)):
             data: Any = SucceededData(**result.model_dump())
             await self._events.publish(EventType.JOB_SUCCEEDED, data, model_type=job.model_type)
@@ -130,7 +171,10 @@ class JobRunner:
             interval_s=settings.heartbeat_every,
             visibility_s=settings.visibility_timeout,
             lease_s=settings.lease_seconds,
+            handoff_after_s=settings.handoff_after_s,
+            continuation_body=_continuation_body(job),
         )
+        job.heartbeat = heartbeat
         async with heartbeat:
             await self._emit(
                 job,
@@ -183,7 +227,7 @@ class JobRunner:
             s3=self._s3,
         )
         try:
-            await run_stages(ctx, self._store.save_ledger, _stage_hook)
+            await run_stages(ctx, self._store.save_ledger, self._hook)
         finally:
             stop.close()
 
@@ -203,7 +247,17 @@ class JobRunner:
 
     async def _finish(self, job: Job, event_type: EventType, data: Any) -> None:
         await self._emit(job, event_type, data)
-        await self._queue.delete(job.message)
+        await self._settle(job, delete=True)
+
+    async def _settle(self, job: Job, *, delete: bool = False, visible_in: int = 0) -> None:
+        """Delete the job's message, or make it visible again after ``visible_in`` seconds."""
+        message = job.current_message
+        if message is None:
+            return  # handed off: the continuation resolves itself against the ledger
+        if delete:
+            await self._queue.delete(message)
+        else:
+            await self._queue.change_visibility(message, visible_in)
 
     async def _interrupted(self, job: Job, stop: Interrupted) -> None:
         await self._emit(
@@ -214,7 +268,7 @@ class JobRunner:
             ),
         )
         # Visible at once: another worker resumes from the checkpoint just written.
-        await self._queue.change_visibility(job.message, 0)
+        await self._settle(job, visible_in=0)
 
     async def _failed(self, job: Job, ledger: Ledger, failure: StageFailure) -> None:
         attempt = job.message.receive_count
@@ -242,7 +296,7 @@ class JobRunner:
                     attempt=attempt,
                 ),
             )
-            await self._queue.change_visibility(job.message, delay)
+            await self._settle(job, visible_in=delay)
             return
         ledger.status = JobStatus.FAILED
         ledger.failed_stage = stage
@@ -256,9 +310,9 @@ class JobRunner:
         await self._publish_failed(job, ledger, attempt)
         if self._policy.has_dead_letter_queue and self._policy.is_final(attempt):
             # Left visible: the next receive exceeds maxReceiveCount and SQS moves it to the DLQ.
-            await self._queue.change_visibility(job.message, 0)
+            await self._settle(job, visible_in=0)
         else:
-            await self._queue.delete(job.message)
+            await self._settle(job, delete=True)
 
     async def _publish_failed(self, job: Job, ledger: Ledger, attempt: int) -> None:
         error = ledger.error or StageError(
@@ -294,7 +348,14 @@ def _internal(exc: Exception, redactor: Redactor) -> StageFailure:
     return Retryable(ErrorCode.INTERNAL_ERROR, redactor(f"{type(exc).__name__}: {exc}"))
 
 
-async def _stage_hook(stage: StageName, body: Callable[[], Awaitable[None]]) -> None:
+def _continuation_body(job: Job) -> str:
+    """The original body with ``job_id`` pinned, so the continuation names the same job."""
+    body = json.loads(job.message.body)
+    body["input"]["job_id"] = job.job_id
+    return json.dumps(body)
+
+
+async def log_stage(stage: StageName, body: Callable[[], Awaitable[None]]) -> None:
     with structlog.contextvars.bound_contextvars(stage=stage.value):
         log.info("stage_started")
         await body()

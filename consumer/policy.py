@@ -19,9 +19,10 @@ _MAX_DELAY_S = 900
 class RetryPolicy:
     max_receives: int = DEFAULT_MAX_RECEIVES
     has_dead_letter_queue: bool = True
+    base_delay_s: int = _BASE_DELAY_S
 
     def is_final(self, receive_count: int) -> bool:
         return receive_count >= self.max_receives
 
     def delay_s(self, receive_count: int) -> int:
-        return int(min(_MAX_DELAY_S, _BASE_DELAY_S * 2 ** max(0, receive_count - 1)))
+        return int(min(_MAX_DELAY_S, self.base_delay_s * 2 ** max(0, receive_count - 1)))

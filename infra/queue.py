@@ -6,7 +6,8 @@ The consumer depends on the ``JobQueue`` protocol, so unit tests can drive it wi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -16,6 +17,10 @@ class QueueMessage:
     receipt_handle: str
     body: str
     receive_count: int
+    # String message attributes: loraq's own metadata travels here, never in the body contract.
+    attributes: dict[str, str] = field(default_factory=dict)
+    # When this receipt was taken (monotonic): SQS caps one receipt's invisibility at 12 hours.
+    received_at: float = field(default_factory=time.monotonic)
 
 
 class JobQueue(Protocol):
@@ -27,7 +32,9 @@ class JobQueue(Protocol):
 
     async def change_visibility(self, message: QueueMessage, timeout: int) -> None: ...
 
-    async def send(self, body: str) -> str: ...
+    async def send(
+        self, body: str, *, attributes: dict[str, str] | None = None, delay_s: int = 0
+    ) -> str: ...
 
     async def max_receive_count(self) -> int | None: ...
 
@@ -44,6 +51,7 @@ class SqsJobQueue:
             WaitTimeSeconds=wait_seconds,
             VisibilityTimeout=visibility_timeout,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageAttributeNames=["All"],
         )
         return [
             QueueMessage(
@@ -51,6 +59,11 @@ class SqsJobQueue:
                 receipt_handle=m["ReceiptHandle"],
                 body=m.get("Body", ""),
                 receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
+                attributes={
+                    name: value["StringValue"]
+                    for name, value in m.get("MessageAttributes", {}).items()
+                    if "StringValue" in value
+                },
             )
             for m in reply.get("Messages", [])
         ]
@@ -63,8 +76,18 @@ class SqsJobQueue:
             QueueUrl=self._url, ReceiptHandle=message.receipt_handle, VisibilityTimeout=timeout
         )
 
-    async def send(self, body: str) -> str:
-        reply = await self._sqs.send_message(QueueUrl=self._url, MessageBody=body)
+    async def send(
+        self, body: str, *, attributes: dict[str, str] | None = None, delay_s: int = 0
+    ) -> str:
+        reply = await self._sqs.send_message(
+            QueueUrl=self._url,
+            MessageBody=body,
+            DelaySeconds=delay_s,
+            MessageAttributes={
+                name: {"DataType": "String", "StringValue": value}
+                for name, value in (attributes or {}).items()
+            },
+        )
         return str(reply["MessageId"])
 
     async def max_receive_count(self) -> int | None:

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     # moves it to the DLQ on the next receive). None: read the queue's own maxReceiveCount.
     max_receives: int | None = Field(default=None, ge=1)
     shutdown_grace_s: float = Field(default=90.0, gt=0)
+    # SQS caps one receipt at 12 h of invisibility: hand the job to a continuation message
+    # before that (30 minutes of margin by default).
+    handoff_after_s: float = Field(default=11.5 * 3600, gt=0, le=12 * 3600)
+
+    # Retries: inside a stage (tenacity, seconds apart) and through SQS (growing delays).
+    transient_retry_wait_s: float = Field(default=1.0, ge=0)
+    retry_base_delay_s: int = Field(default=30, ge=0, le=900)
 
     progress_interval_s: float = Field(default=5.0, ge=0)
 
@@ -65,4 +72,11 @@ class Settings(BaseSettings):
 
     @property
     def lease_seconds(self) -> int:
-        return self.lease_ttl or self.visibility_timeout
+        """A little shorter than the visibility timeout, renewed by the same heartbeat.
+
+        So when a dead worker's message reappears, its lease has already expired and the next
+        worker takes the job at once instead of waiting another visibility period.
+        """
+        return self.lease_ttl or max(
+            5, self.visibility_timeout - min(10, self.visibility_timeout // 4)
+        )

@@ -236,6 +236,18 @@ class JobStore:
             self._write_lease(token, current.acquired_at, ttl_s)
             return True
 
+    def job_ids(self) -> list[str]:
+        return sorted(p.name for p in (self.volume / JOBS_DIR).iterdir() if p.is_dir())
+
+    def break_lease(self, job_id: str, expected: Lease) -> bool:
+        """Remove a lease known to be stale, unless it changed since it was judged."""
+        with self._lease_lock(job_id):
+            current = self.read_lease(job_id)
+            if current is None or current.token != expected.token:
+                return False
+            self.paths(job_id).lease.unlink(missing_ok=True)
+            return True
+
     def release_lease(self, token: LeaseToken) -> None:
         with self._lease_lock(token.job_id):
             current = self.read_lease(token.job_id)

@@ -10,6 +10,7 @@ import structlog
 from consumer.events import EventPublisher, EventSink
 from consumer.job_runner import JobRunner
 from consumer.policy import DEFAULT_MAX_RECEIVES, RetryPolicy
+from consumer.reconcile import reconcile
 from consumer.worker import Worker
 from infra.aws import AwsClients
 from infra.queue import SqsJobQueue
@@ -17,17 +18,23 @@ from infra.s3 import S3Objects
 from infra.settings import Settings
 from infra.sns import SnsEventSink
 from infra.volume import JobStore
+from stages.pipeline import StageHook
 
 log = structlog.get_logger("loraq.app")
 
 
 async def run_worker(
-    settings: Settings, *, slots: int = 1, stop: asyncio.Event | None = None
+    settings: Settings,
+    *,
+    slots: int = 1,
+    stop: asyncio.Event | None = None,
+    stage_hook: StageHook | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, or until ``stop`` is set when the caller owns the process."""
     async with AwsClients() as aws:
         queue = SqsJobQueue(aws.sqs, settings.queue_url)
         store = JobStore(settings.volume)
+        reconcile(store, settings.worker_id)
         sinks: list[EventSink] = []
         if settings.topic_arn:
             sinks.append(SnsEventSink(aws.sns, settings.topic_arn))
@@ -47,6 +54,7 @@ async def run_worker(
             policy,
             stop_requested=stop_jobs,
             s3=S3Objects(aws.s3),
+            stage_hook=stage_hook,
         )
         worker = Worker(
             queue,
@@ -78,7 +86,11 @@ async def run_worker(
 async def _retry_policy(queue: SqsJobQueue, settings: Settings) -> RetryPolicy:
     from_queue = await queue.max_receive_count()
     max_receives = settings.max_receives or from_queue or DEFAULT_MAX_RECEIVES
-    return RetryPolicy(max_receives=max_receives, has_dead_letter_queue=from_queue is not None)
+    return RetryPolicy(
+        max_receives=max_receives,
+        has_dead_letter_queue=from_queue is not None,
+        base_delay_s=settings.retry_base_delay_s,
+    )
 
 
 async def _shutdown_when(stop: asyncio.Event, worker: Worker) -> None:

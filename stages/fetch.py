@@ -50,7 +50,7 @@ async def _download(ctx: StageContext, url: str, dest: Path, field: str) -> int:
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(DownloadFailed),
         stop=stop_after_attempt(4),
-        wait=wait_exponential(multiplier=1, max=20),
+        wait=wait_exponential(multiplier=ctx.settings.transient_retry_wait_s, max=20),
         reraise=True,
     )
     try:

@@ -18,7 +18,12 @@ from stages.configure import TRAIN_TOML
 from stages.context import StageContext, StageOutcome
 from stages.errors import Interrupted, Retryable
 from stages.registry import spec_for
-from stages.trainer.launcher import TrainerProcess, build_launch, request_save_quit
+from stages.trainer.launcher import (
+    TrainerProcess,
+    build_launch,
+    clear_control_files,
+    request_save_quit,
+)
 from stages.trainer.log_parser import (
     CompleteLine,
     EpochLine,
@@ -94,6 +99,7 @@ async def run(ctx: StageContext) -> StageOutcome:
     spec = spec_for(ctx.request.model_type)
     total = ctx.output_of(StageName.CONFIGURE, "total_steps")
     resume = newest_checkpoint(ctx.paths.output)
+    clear_control_files(ctx.paths.output)
     launch = build_launch(ctx.settings, spec, ctx.paths.config / TRAIN_TOML, resume=resume)
     watch = _Watch(
         ctx, int(total) if isinstance(total, int) else None, resume.tag if resume else None

@@ -28,6 +28,7 @@ from stages.trainer.run_dirs import Checkpoint
 _SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|CREDENTIAL|API_KEY|ACCESS_KEY)", re.I)
 _DROPPED_PREFIXES = ("AWS_", "LORAQ_", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GEMINI", "GOOGLE_")
 SAVE_QUIT_FILE = "save_quit"
+SAVE_FILE = "save"
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,16 @@ def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def clear_control_files(output_dir: Path) -> None:
+    """Remove ``save``/``save_quit`` left by a run that died before reading them.
+
+    Otherwise the resumed trainer would checkpoint and quit at its very first step.
+    """
+    for name in (SAVE_QUIT_FILE, SAVE_FILE):
+        for stale in output_dir.glob(f"*/{name}"):
+            stale.unlink(missing_ok=True)
 
 
 def request_save_quit(run_dir: Path) -> None:
