@@ -48,16 +48,27 @@ def test_documented_defaults_apply() -> None:
     """GIVEN only the required fields WHEN parsed THEN every documented default is filled in."""
     t = JobRequest.model_validate(_minimal()).input.training
     assert (t.epochs, t.learning_rate, t.batch_size, t.gradient_accumulation_steps) == (
-        100, 2e-5, 1, 4,
+        100,
+        2e-5,
+        1,
+        4,
     )
     assert (t.gradient_clipping, t.warmup_steps, t.lora_rank, t.lora_dtype) == (
-        1.0, 100, 32, "bfloat16",
+        1.0,
+        100,
+        32,
+        "bfloat16",
     )
     assert (t.save_every_n_epochs, t.checkpoint_every_n_minutes, t.save_dtype) == (
-        10, 120, "bfloat16",
+        10,
+        120,
+        "bfloat16",
     )
     assert (t.optimizer_type, t.optimizer_betas, t.optimizer_weight_decay, t.optimizer_eps) == (
-        "adamw_optimi", (0.9, 0.99), 0.01, 1e-8,
+        "adamw_optimi",
+        (0.9, 0.99),
+        0.01,
+        1e-8,
     )
     assert (t.video_clip_mode, t.frame_buckets, t.resolution) == ("single_middle", [1, 33], 1024)
     assert (t.activation_checkpointing, t.caching_batch_size) == (True, 1)
@@ -70,10 +81,16 @@ def test_documented_defaults_apply() -> None:
     ("body", "field"),
     [
         (_minimal(model_type="sd15"), "input.model_type"),
-        (_minimal(dataset={"type": "pictures", "images_url": "https://x/y.zip"}), "input.dataset.type"),
+        (
+            _minimal(dataset={"type": "pictures", "images_url": "https://x/y.zip"}),
+            "input.dataset.type",
+        ),
         (_minimal(dataset={"type": "images"}), "input.dataset"),
         (_minimal(dataset={"type": "videos", "images_url": "https://x/y.zip"}), "input.dataset"),
-        (_minimal(dataset={"type": "images", "images_url": "ftp://x/y.zip"}), "input.dataset.images_url"),
+        (
+            _minimal(dataset={"type": "images", "images_url": "ftp://x/y.zip"}),
+            "input.dataset.images_url",
+        ),
         (_minimal(training={"epochs": 0}), "input.training.epochs"),
         (_minimal(training={"learning_rate": "fast"}), "input.training.learning_rate"),
         (_minimal(training={"alpha": 16}), "input.training"),
@@ -118,21 +135,25 @@ def test_secrets_never_serialise(path: Path) -> None:
 
 
 def test_secret_values_lists_every_secret() -> None:
-    """GIVEN the S3 seed body WHEN asked for its secrets THEN every one is listed (for scrubbing)."""
+    """GIVEN the S3 seed body WHEN asked for its secrets THEN each is listed (for scrubbing)."""
     request = JobRequest.model_validate_json((FIXTURES / "seed_s3_output.json").read_text())
     assert set(request.input.secret_values()) >= {
-        "YOUR_ACCESS_KEY", "YOUR_SECRET_KEY", "hf_FLUXREADTOKENFLUXREADTOKEN1234",
+        "YOUR_ACCESS_KEY",
+        "YOUR_SECRET_KEY",
+        "hf_FLUXREADTOKENFLUXREADTOKEN1234",
         "AIzaSyExampleExampleExampleExample1234",
     }
 
 
 def test_trigger_word_is_one_line() -> None:
     """GIVEN a multi-line trigger word WHEN parsed THEN it is refused on that field."""
-    body = _minimal(dataset={"type": "images", "images_url": "https://x/y.zip",
-                             "trigger_word": "a\nb"})
+    body = _minimal(
+        dataset={"type": "images", "images_url": "https://x/y.zip", "trigger_word": "a\nb"}
+    )
     with pytest.raises(ValidationError) as caught:
         JobRequest.model_validate(body)
     assert _field_of(caught.value) == "input.dataset.trigger_word"
-    ok = JobRequest.model_validate(_minimal(dataset={"type": DatasetType.IMAGES.value,
-                                                     "images_url": "https://x/y.zip"}))
+    ok = JobRequest.model_validate(
+        _minimal(dataset={"type": DatasetType.IMAGES.value, "images_url": "https://x/y.zip"})
+    )
     assert ok.input.dataset.trigger_word is None

@@ -25,9 +25,15 @@ GEMINI_KEY = "AIzaE2eSecretKeyThatMustNeverLeak_0123456789"
 
 
 def _settings(stack: LocalStack, volume: Path) -> Settings:
-    return Settings(queue_url=stack.queue_url, topic_arn=stack.topic_arn, volume=volume,
-                    fetch_allow=["127.0.0.1"], wait_time_seconds=1, visibility_timeout=30,
-                    progress_interval_s=0)
+    return Settings(
+        queue_url=stack.queue_url,
+        topic_arn=stack.topic_arn,
+        volume=volume,
+        fetch_allow=["127.0.0.1"],
+        wait_time_seconds=1,
+        visibility_timeout=30,
+        progress_interval_s=0,
+    )
 
 
 async def _run_until(stack: LocalStack, volume: Path, job_ids: set[str]) -> list:
@@ -50,8 +56,9 @@ async def test_malformed_message_fails_typed_and_the_next_job_succeeds(
     queue in order (accepted … succeeded), its LoRA loads with rank-8 A/B tensors, every stage
     completed once, both messages are gone from the queue and no secret is written anywhere."""
     bad_id = send_job(stack, "{this is not json")
-    body = demo_request(upload_dataset(stack), stack, job_id="e2e-job", epochs=4,
-                        save_every_n_epochs=2)
+    body = demo_request(
+        upload_dataset(stack), stack, job_id="e2e-job", epochs=4, save_every_n_epochs=2
+    )
     body["input"]["api_keys"] = {"huggingface_token": HF_TOKEN, "gemini_api_key": GEMINI_KEY}
     send_job(stack, body)
 
@@ -64,10 +71,16 @@ async def test_malformed_message_fails_typed_and_the_next_job_succeeds(
     job_events = sorted((e for e in events if e.subject == "e2e-job"), key=lambda e: e.time)
     types = [e.type for e in job_events]
     assert types[0] is EventType.JOB_ACCEPTED and types[-1] is EventType.JOB_SUCCEEDED
-    stage_order = [(e.type, e.data["stage"]) for e in job_events
-                   if e.type in (EventType.STAGE_STARTED, EventType.STAGE_COMPLETED)]
-    assert stage_order == [(t, s.value) for s in StageName
-                           for t in (EventType.STAGE_STARTED, EventType.STAGE_COMPLETED)]
+    stage_order = [
+        (e.type, e.data["stage"])
+        for e in job_events
+        if e.type in (EventType.STAGE_STARTED, EventType.STAGE_COMPLETED)
+    ]
+    assert stage_order == [
+        (t, s.value)
+        for s in StageName
+        for t in (EventType.STAGE_STARTED, EventType.STAGE_COMPLETED)
+    ]
     progress = [e.data for e in job_events if e.type is EventType.JOB_PROGRESS]
     assert progress and progress[-1]["step"] == progress[-1]["total_steps"] == 32
     assert all(p["loss"] is not None and p["eta_s"] is not None for p in progress)
@@ -95,14 +108,19 @@ async def test_malformed_message_fails_typed_and_the_next_job_succeeds(
 
     ledger = store.load_ledger("e2e-job")
     assert ledger is not None
-    assert all(r.status is StageStatus.COMPLETED and r.completions == 1 for r in ledger.stages.values())
+    assert all(
+        r.status is StageStatus.COMPLETED and r.completions == 1 for r in ledger.stages.values()
+    )
     assert queue_depth(stack, stack.queue_url) == 0 and queue_depth(stack, stack.dlq_url) == 0
 
     captions = sorted((tmp_path / "jobs" / "e2e-job" / "dataset" / "images").glob("*.txt"))
     assert captions and all(c.read_text().startswith("lqshape, a ") for c in captions)
 
     everything = [json.dumps([e.model_dump(mode="json") for e in events])]
-    everything += [p.read_text(errors="replace") for p in tmp_path.rglob("*")
-                   if p.is_file() and p.suffix in {".json", ".jsonl", ".toml", ".txt", ".log"}]
+    everything += [
+        p.read_text(errors="replace")
+        for p in tmp_path.rglob("*")
+        if p.is_file() and p.suffix in {".json", ".jsonl", ".toml", ".txt", ".log"}
+    ]
     for text in everything:
         assert HF_TOKEN not in text and GEMINI_KEY not in text

@@ -26,10 +26,17 @@ def _zip(tmp_path: Path, entries: dict[str, bytes], symlink: str | None = None) 
 
 def test_nested_folders_flatten_with_unique_names_and_junk_is_dropped(tmp_path: Path) -> None:
     """GIVEN nested folders, duplicates and macOS junk WHEN extracted THEN a flat unique set."""
-    archive = _zip(tmp_path, {
-        "a/img.png": b"1", "b/img.png": b"2", "a/img.txt": b"cap",
-        "__MACOSX/a/._img.png": b"x", ".DS_Store": b"x", "a/.hidden.png": b"x",
-    })
+    archive = _zip(
+        tmp_path,
+        {
+            "a/img.png": b"1",
+            "b/img.png": b"2",
+            "a/img.txt": b"cap",
+            "__MACOSX/a/._img.png": b"x",
+            ".DS_Store": b"x",
+            "a/.hidden.png": b"x",
+        },
+    )
     written = safe_extract(archive, tmp_path / "out")
     assert sorted(p.name for p in written) == ["img.png", "img.txt", "img_2.png"]
 

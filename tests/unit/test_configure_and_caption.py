@@ -14,11 +14,24 @@ from stages.configure import build_configs, write_configs
 
 
 def _request(**training: object) -> JobRequest:
-    return JobRequest.model_validate({"input": {
-        "model_type": "tiny",
-        "dataset": {"type": "precaptioned", "images_url": "https://x/y.zip", "image_repeats": 3},
-        "training": {"epochs": 4, "batch_size": 2, "gradient_accumulation_steps": 2, **training},
-    }})
+    return JobRequest.model_validate(
+        {
+            "input": {
+                "model_type": "tiny",
+                "dataset": {
+                    "type": "precaptioned",
+                    "images_url": "https://x/y.zip",
+                    "image_repeats": 3,
+                },
+                "training": {
+                    "epochs": 4,
+                    "batch_size": 2,
+                    "gradient_accumulation_steps": 2,
+                    **training,
+                },
+            }
+        }
+    )
 
 
 def test_train_toml_maps_every_documented_field(tmp_path: Path) -> None:
@@ -32,10 +45,17 @@ def test_train_toml_maps_every_documented_field(tmp_path: Path) -> None:
     assert train["gradient_accumulation_steps"] == 2 and train["save_every_n_epochs"] == 10
     assert train["model"] == {"type": "tiny", "dtype": "float32"}
     assert train["adapter"] == {"type": "lora", "rank": 32, "dtype": "bfloat16"}
-    assert train["optimizer"] == {"type": "adamw_optimi", "lr": 2e-5, "betas": [0.9, 0.99],
-                                  "weight_decay": 0.01, "eps": 1e-8}
+    assert train["optimizer"] == {
+        "type": "adamw_optimi",
+        "lr": 2e-5,
+        "betas": [0.9, 0.99],
+        "weight_decay": 0.01,
+        "eps": 1e-8,
+    }
     assert "alpha" not in train["adapter"]
-    assert configs.dataset["directory"] == [{"path": str(paths.dataset / "images"), "num_repeats": 3}]
+    assert configs.dataset["directory"] == [
+        {"path": str(paths.dataset / "images"), "num_repeats": 3}
+    ]
     # tiny caps the resolution at its own size; images only, so one frame bucket.
     assert configs.dataset["resolutions"] == [32] and configs.dataset["frame_buckets"] == [1]
     # 10 images × 3 repeats = 30 items; ÷ (2 × 2) = 7 steps per epoch; × 4 epochs.
@@ -43,9 +63,15 @@ def test_train_toml_maps_every_documented_field(tmp_path: Path) -> None:
 
 
 def test_pass_through_keys_land_where_diffusion_pipe_reads_them(tmp_path: Path) -> None:
-    """GIVEN unknown training keys WHEN configured THEN model/optimizer/dataset/top-level routing."""
-    request = _request(min_snr_gamma=5, gradient_release=True, num_ar_buckets=9,
-                       eval_every_n_epochs=2, max_steps=5, model={"guidance": 3.5})
+    """GIVEN unknown training keys WHEN configured THEN each lands in its table."""
+    request = _request(
+        min_snr_gamma=5,
+        gradient_release=True,
+        num_ar_buckets=9,
+        eval_every_n_epochs=2,
+        max_steps=5,
+        model={"guidance": 3.5},
+    )
     configs = build_configs(request.input, JobPaths(tmp_path), tmp_path, {"images": 10})
     assert configs.train["model"]["min_snr_gamma"] == 5
     assert configs.train["model"]["guidance"] == 3.5
@@ -73,7 +99,9 @@ def test_written_toml_reads_back(tmp_path: Path) -> None:
         ("lqshapes everywhere", "lqshape", "lqshape, lqshapes everywhere"),
     ],
 )
-def test_trigger_is_prepended_exactly_once(caption: str, trigger: str | None, expected: str) -> None:
+def test_trigger_is_prepended_exactly_once(
+    caption: str, trigger: str | None, expected: str
+) -> None:
     """GIVEN a caption WHEN the trigger rule runs (twice) THEN the trigger leads it once."""
     once = with_trigger(caption, trigger)
     assert once == expected

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contracts.enums import ErrorCode, EventType, StageName
-from contracts.events import CloudEvent, FailedData, ProgressData, StageData
 from consumer.events import EventPublisher, EventsUndelivered
 from consumer.messages import Rejection, parse_request
 from consumer.policy import RetryPolicy
+from contracts.enums import ErrorCode, EventType, StageName
+from contracts.events import CloudEvent, FailedData, ProgressData, StageData
 from infra.redact import Redactor
 from infra.volume import JobStore
 
@@ -36,8 +36,14 @@ class Clock:
 
 
 def _publisher(tmp_path: Path, sink: FakeSink, clock: Clock) -> EventPublisher:
-    return EventPublisher(JobStore(tmp_path), [sink], source="test", progress_interval_s=5,
-                          clock=clock, send_attempts=1)
+    return EventPublisher(
+        JobStore(tmp_path),
+        [sink],
+        source="test",
+        progress_interval_s=5,
+        clock=clock,
+        send_attempts=1,
+    )
 
 
 def test_bad_json_and_bad_fields_become_typed_rejections() -> None:
@@ -53,27 +59,37 @@ def test_bad_json_and_bad_fields_become_typed_rejections() -> None:
 
 def test_rejection_never_echoes_a_secret() -> None:
     """GIVEN an invalid request holding a token WHEN rejected THEN the message has no token."""
-    body = ('{"input": {"model_type": "tiny", "dataset": {"type": "images"}, '
-            '"api_keys": {"huggingface_token": "hf_abcdefghijklmnopqrstuvwxyz123456", "x": 1}}}')
+    body = (
+        '{"input": {"model_type": "tiny", "dataset": {"type": "images"}, '
+        '"api_keys": {"huggingface_token": "hf_abcdefghijklmnopqrstuvwxyz123456", "x": 1}}}'
+    )
     rejection = parse_request(body, "m")
     assert isinstance(rejection, Rejection)
     assert "hf_abcdefghijklmnopqrstuvwxyz" not in rejection.message
 
 
 async def test_progress_is_throttled_but_terminal_and_final_steps_are_not(tmp_path: Path) -> None:
-    """GIVEN a burst of progress WHEN published THEN one per interval, the last step, and terminal."""
+    """GIVEN a burst of progress WHEN published THEN one per interval, the last, the terminal."""
     sink, clock = FakeSink(), Clock()
     publisher = _publisher(tmp_path, sink, clock)
     for step in range(1, 5):
-        await publisher.publish(EventType.JOB_PROGRESS,
-                                ProgressData(job_id="j", step=step, total_steps=10), model_type=None)
+        await publisher.publish(
+            EventType.JOB_PROGRESS,
+            ProgressData(job_id="j", step=step, total_steps=10),
+            model_type=None,
+        )
     clock.now = 6
-    await publisher.publish(EventType.JOB_PROGRESS, ProgressData(job_id="j", step=5, total_steps=10),
-                            model_type=None)
-    await publisher.publish(EventType.JOB_PROGRESS, ProgressData(job_id="j", step=10, total_steps=10),
-                            model_type=None)
-    await publisher.publish(EventType.JOB_FAILED, FailedData(
-        job_id="j", code=ErrorCode.INTERNAL_ERROR, message="x", retryable=False), model_type=None)
+    await publisher.publish(
+        EventType.JOB_PROGRESS, ProgressData(job_id="j", step=5, total_steps=10), model_type=None
+    )
+    await publisher.publish(
+        EventType.JOB_PROGRESS, ProgressData(job_id="j", step=10, total_steps=10), model_type=None
+    )
+    await publisher.publish(
+        EventType.JOB_FAILED,
+        FailedData(job_id="j", code=ErrorCode.INTERNAL_ERROR, message="x", retryable=False),
+        model_type=None,
+    )
     steps = [e.data.get("step") for e in sink.events if e.type is EventType.JOB_PROGRESS]
     assert steps == [1, 5, 10]
     assert sink.events[-1].type is EventType.JOB_FAILED
@@ -109,8 +125,10 @@ async def test_undeliverable_terminal_event_raises(tmp_path: Path) -> None:
 def test_redactor_masks_secrets_tokens_and_signatures() -> None:
     """GIVEN text with a known secret, a token shape and a presigned URL THEN all are masked."""
     redact = Redactor(["s3cr3t-value"])
-    text = redact("key s3cr3t-value, token hf_abcdefghijklmnopqrstuvwxyz12 at "
-                  "http://h/b/k?X-Amz-Signature=abcdef&X-Amz-Credential=AKIAXXXX&x=1")
+    text = redact(
+        "key s3cr3t-value, token hf_abcdefghijklmnopqrstuvwxyz12 at "
+        "http://h/b/k?X-Amz-Signature=abcdef&X-Amz-Credential=AKIAXXXX&x=1"
+    )
     assert "s3cr3t" not in text and "hf_abc" not in text and "abcdef" not in text
     assert "AKIAXXXX" not in text and "x=1" in text
 

@@ -18,7 +18,9 @@ from stages.trainer.run_dirs import newest_checkpoint, saved_models
 
 # Lines as diffusion-pipe and DeepSpeed's pipeline engine print them.
 REAL_LINES = {
-    "steps: 120 loss: 0.0873 iter time (s): 3.412 samples/sec: 1.172": StepLine(120, 0.0873, 3.412, 1.172),
+    "steps: 120 loss: 0.0873 iter time (s): 3.412 samples/sec: 1.172": StepLine(
+        120, 0.0873, 3.412, 1.172
+    ),
     "[2026-01-01 10:00:00,000] [INFO] [logging.py:107:log_dist] [Rank 0] steps: 7 loss: 0.5000 "
     "iter time (s): 0.050 samples/sec: 20.000": StepLine(7, 0.5, 0.05, 20.0),
     "Started new epoch: 3": EpochLine(3),
@@ -76,4 +78,7 @@ def test_saved_models_need_the_lora_file(tmp_path: Path) -> None:
         (run / name).mkdir(parents=True)
     (run / "epoch5" / "adapter_model.safetensors").write_bytes(b"x")
     (run / "epoch10" / "adapter_model.safetensors").write_bytes(b"x")
-    assert [m[2].name for m in saved_models(run, "adapter_model.safetensors")] == ["epoch5", "epoch10"]
+    assert [m[2].name for m in saved_models(run, "adapter_model.safetensors")] == [
+        "epoch5",
+        "epoch10",
+    ]

@@ -14,7 +14,7 @@ from infra.volume import JobStore, LeaseHeld, atomic_write_text, utcnow
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
-    """GIVEN a file rewritten twice WHEN done THEN only the final content and no temp files remain."""
+    """GIVEN a file rewritten twice WHEN done THEN the final content, no temp files."""
     target = tmp_path / "a" / "state.json"
     atomic_write_text(target, "one")
     atomic_write_text(target, "two")
@@ -23,7 +23,7 @@ def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
 
 
 def test_lease_excludes_a_second_runner_until_it_expires(tmp_path: Path) -> None:
-    """GIVEN a live lease WHEN another runner asks THEN it is refused; after release it is granted."""
+    """GIVEN a live lease WHEN another runner asks THEN refused; after release, granted."""
     store = JobStore(tmp_path)
     first = store.acquire_lease("job", "worker-a", ttl_s=60)
     with pytest.raises(LeaseHeld) as held:
