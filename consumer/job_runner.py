@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from consumer.events import EventPublisher
+from consumer.events import EventPublisher, EventsUndelivered
 from consumer.heartbeat import CONTINUATION_ATTRIBUTE, RECEIPT_LIMIT_S, Heartbeat
 from consumer.messages import Rejection, parse_request
 from consumer.policy import RetryPolicy
@@ -90,19 +90,28 @@ class JobRunner:
             return
         job = _job_of(message, parsed)
         with structlog.contextvars.bound_contextvars(job_id=job.job_id):
-            if await self._replay_finished(job):
-                return
             try:
-                token = self._store.acquire_lease(
-                    job.job_id, self._settings.worker_id, self._settings.lease_seconds
-                )
-            except LeaseHeld as held:
-                await self._defer(job, held.lease)
-                return
-            try:
-                await self._run_leased(job, token)
-            finally:
-                self._store.release_lease(token)
+                await self._handle_job(job)
+            except EventsUndelivered as exc:
+                # The outcome is in the ledger; keep the message so that a redelivery
+                # publishes it again once the sinks are back.
+                log.warning("terminal_event_undelivered", error=str(exc))
+                await self._settle(job, visible_in=self._policy.delay_s(1))
+
+    async def _handle_job(self, job: Job) -> None:
+        if await self._replay_finished(job):
+            return
+        try:
+            token = self._store.acquire_lease(
+                job.job_id, self._settings.worker_id, self._settings.lease_seconds
+            )
+        except LeaseHeld as held:
+            await self._defer(job, held.lease)
+            return
+        try:
+            await self._run_leased(job, token)
+        finally:
+            self._store.release_lease(token)
 
     async def _reject(self, message: QueueMessage, rejection: Rejection) -> None:
         log.warning(
