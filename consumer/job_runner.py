@@ -8,21 +8,21 @@ what happens next.
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from consumer.events import EventPublisher, EventsUndelivered
-from consumer.heartbeat import CONTINUATION_ATTRIBUTE, RECEIPT_LIMIT_S, Heartbeat
+from consumer.heartbeat import RECEIPT_LIMIT_S, Heartbeat
+from consumer.job import Job
 from consumer.messages import Rejection, parse_request
+from consumer.outcomes import Outcomes
 from consumer.policy import RetryPolicy
-from contracts.enums import ErrorCode, EventType, JobStatus, StageName, StageStatus
-from contracts.events import AcceptedData, FailedData, InterruptedData, SucceededData
-from contracts.ledger import Lease, Ledger, StageError
-from contracts.request import JobInput, JobRequest
+from contracts.enums import ErrorCode, EventType, JobStatus, StageName
+from contracts.events import AcceptedData, FailedData, SucceededData
+from contracts.ledger import Lease, Ledger
 from infra.queue import JobQueue, QueueMessage
 from infra.redact import Redactor
 from infra.s3 import S3Objects
@@ -35,30 +35,6 @@ from stages.pipeline import StageHook, preflight, run_stages
 log = structlog.get_logger("loraq.job")
 
 MAX_SEND_DELAY_S = 900  # SQS's DelaySeconds limit
-
-
-@dataclass
-class Job:
-    """One delivery of one job, with what every step below needs."""
-
-    message: QueueMessage
-    request: JobInput
-    job_id: str
-    redactor: Redactor
-    heartbeat: Heartbeat | None = None
-
-    @property
-    def model_type(self) -> str:
-        return self.request.model_type.value
-
-    @property
-    def current_message(self) -> QueueMessage | None:
-        """The message that stands for this job now (None once handed to a continuation)."""
-        return self.heartbeat.message if self.heartbeat is not None else self.message
-
-    @property
-    def is_continuation(self) -> bool:
-        return CONTINUATION_ATTRIBUTE in self.message.attributes
 
 
 class JobRunner:
@@ -82,13 +58,14 @@ class JobRunner:
         self._stop = stop_requested
         self._s3 = s3
         self._hook = stage_hook or log_stage
+        self._outcomes = Outcomes(queue, store, publisher, policy)
 
     async def handle(self, message: QueueMessage) -> None:
         parsed = parse_request(message.body, message.message_id)
         if isinstance(parsed, Rejection):
             await self._reject(message, parsed)
             return
-        job = _job_of(message, parsed)
+        job = Job.of(message, parsed)
         with structlog.contextvars.bound_contextvars(job_id=job.job_id):
             try:
                 await self._handle_job(job)
@@ -96,7 +73,7 @@ class JobRunner:
                 # The outcome is in the ledger; keep the message so that a redelivery
                 # publishes it again once the sinks are back.
                 log.warning("terminal_event_undelivered", error=str(exc))
-                await self._settle(job, visible_in=self._policy.delay_s(1))
+                await self._outcomes.settle(job, visible_in=self._policy.delay_s(1))
 
     async def _handle_job(self, job: Job) -> None:
         if await self._replay_finished(job):
@@ -114,14 +91,16 @@ class JobRunner:
             self._store.release_lease(token)
 
     async def _reject(self, message: QueueMessage, rejection: Rejection) -> None:
+        # An invalid message that claims the id of a real job must not fail that job in the
+        # eyes of its subscribers: it is reported under its own message id.
+        job_id = rejection.job_id
+        if self._store.load_ledger(job_id) is not None:
+            job_id = message.message_id
         log.warning(
-            "request_rejected",
-            job_id=rejection.job_id,
-            code=rejection.code.value,
-            field=rejection.field,
+            "request_rejected", job_id=job_id, code=rejection.code.value, field=rejection.field
         )
         data = FailedData(
-            job_id=rejection.job_id,
+            job_id=job_id,
             code=rejection.code,
             field=rejection.field,
             message=rejection.message,
@@ -163,16 +142,16 @@ class JobRunner:
             return True
         if ledger.status is JobStatus.SUCCEEDED and (result := self._store.load_result(job.job_id)):
             data: Any = SucceededData(**result.model_dump())
-            await self._events.publish(EventType.JOB_SUCCEEDED, data, model_type=job.model_type)
+            await self._outcomes.emit(job, EventType.JOB_SUCCEEDED, data)
         else:
-            await self._publish_failed(job, ledger, attempt=job.message.receive_count)
+            await self._outcomes.publish_failed(job, ledger, attempt=ledger.failed_attempts)
         await self._queue.delete(job.message)
         return True
 
     async def _run_leased(self, job: Job, token: LeaseToken) -> None:
         ledger = self._open_ledger(job)
         settings = self._settings
-        heartbeat = Heartbeat(
+        job.heartbeat = Heartbeat(
             self._queue,
             self._store,
             job.message,
@@ -181,11 +160,10 @@ class JobRunner:
             visibility_s=settings.visibility_timeout,
             lease_s=settings.lease_seconds,
             handoff_after_s=settings.handoff_after_s,
-            continuation_body=_continuation_body(job),
+            continuation_body=job.continuation_body(),
         )
-        job.heartbeat = heartbeat
-        async with heartbeat:
-            await self._emit(
+        async with job.heartbeat:
+            await self._outcomes.emit(
                 job,
                 EventType.JOB_ACCEPTED,
                 AcceptedData(
@@ -196,19 +174,25 @@ class JobRunner:
                 ),
             )
             try:
-                preflight(job.request)
-                await self._run_pipeline(job, ledger, heartbeat.lost)
+                await self._run_pipeline(job, ledger, job.heartbeat.lost)
             except Interrupted as stop:
-                await self._interrupted(job, stop)
+                await self._outcomes.interrupted(
+                    job, stop, token, lease_lost=job.heartbeat.lost.is_set()
+                )
                 return
             except StageFailure as failure:
-                await self._failed(job, ledger, failure)
+                await self._outcomes.failed(job, ledger, failure)
                 return
+            except asyncio.CancelledError:
+                # Cancelled past the shutdown grace: hand the message back before going.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._outcomes.settle(job, visible_in=0))
+                raise
             except Exception as exc:  # a bug must fail one job, never the worker
                 log.exception("stage_crashed")
-                await self._failed(job, ledger, _internal(exc, job.redactor))
+                await self._outcomes.failed(job, ledger, _internal(exc, job.redactor))
                 return
-        await self._succeeded(job, ledger)
+        await self._outcomes.succeeded(job, ledger)
 
     def _open_ledger(self, job: Job) -> Ledger:
         ledger = self._store.load_ledger(job.job_id)
@@ -223,6 +207,7 @@ class JobRunner:
         return ledger
 
     async def _run_pipeline(self, job: Job, ledger: Ledger, lease_lost: asyncio.Event) -> None:
+        preflight(job.request)
         stop = AnyEvent(self._stop, lease_lost)
         ctx = StageContext(
             job_id=job.job_id,
@@ -231,7 +216,7 @@ class JobRunner:
             store=self._store,
             settings=self._settings,
             ledger=ledger,
-            emit=lambda event_type, data: self._emit(job, event_type, data),
+            emit=lambda event_type, data: self._outcomes.emit(job, event_type, data),
             stop_requested=stop,
             s3=self._s3,
         )
@@ -240,128 +225,9 @@ class JobRunner:
         finally:
             stop.close()
 
-    async def _emit(self, job: Job, event_type: EventType, data: Any) -> None:
-        await self._events.publish(event_type, data, model_type=job.model_type)
-
-    async def _succeeded(self, job: Job, ledger: Ledger) -> None:
-        result = self._store.load_result(job.job_id)
-        if result is None:
-            raise RuntimeError("publish completed without writing result.json")
-        ledger.status = JobStatus.SUCCEEDED
-        self._store.save_ledger(ledger)
-        # Shielded: a shutdown arriving now must not lose the terminal event or the ack.
-        await asyncio.shield(
-            self._finish(job, EventType.JOB_SUCCEEDED, SucceededData(**result.model_dump()))
-        )
-
-    async def _finish(self, job: Job, event_type: EventType, data: Any) -> None:
-        await self._emit(job, event_type, data)
-        await self._settle(job, delete=True)
-
-    async def _settle(self, job: Job, *, delete: bool = False, visible_in: int = 0) -> None:
-        """Delete the job's message, or make it visible again after ``visible_in`` seconds."""
-        message = job.current_message
-        if message is None:
-            return  # handed off: the continuation resolves itself against the ledger
-        if delete:
-            await self._queue.delete(message)
-        else:
-            await self._queue.change_visibility(message, visible_in)
-
-    async def _interrupted(self, job: Job, stop: Interrupted) -> None:
-        await self._emit(
-            job,
-            EventType.JOB_INTERRUPTED,
-            InterruptedData(
-                job_id=job.job_id, stage=StageName.TRAIN, reason=stop.reason, step=stop.step
-            ),
-        )
-        # Visible at once: another worker resumes from the checkpoint just written.
-        await self._settle(job, visible_in=0)
-
-    async def _failed(self, job: Job, ledger: Ledger, failure: StageFailure) -> None:
-        attempt = job.message.receive_count
-        stage = _failed_stage(ledger)
-        message = job.redactor(failure.message)
-        log.warning(
-            "job_attempt_failed",
-            code=failure.code.value,
-            stage=stage,
-            attempt=attempt,
-            retryable=failure.retryable,
-            error=message,
-        )
-        if failure.retryable and not self._policy.is_final(attempt):
-            delay = self._policy.delay_s(attempt)
-            await self._emit(
-                job,
-                EventType.JOB_INTERRUPTED,
-                InterruptedData(
-                    job_id=job.job_id,
-                    stage=stage,
-                    reason=message,
-                    code=failure.code,
-                    retry_in_s=delay,
-                    attempt=attempt,
-                ),
-            )
-            await self._settle(job, visible_in=delay)
-            return
-        ledger.status = JobStatus.FAILED
-        ledger.failed_stage = stage
-        ledger.error = StageError(
-            code=failure.code, message=message, field=failure.field, retryable=False
-        )
-        self._store.save_ledger(ledger)
-        await asyncio.shield(self._final_failure(job, ledger, attempt))
-
-    async def _final_failure(self, job: Job, ledger: Ledger, attempt: int) -> None:
-        await self._publish_failed(job, ledger, attempt)
-        if self._policy.has_dead_letter_queue and self._policy.is_final(attempt):
-            # Left visible: the next receive exceeds maxReceiveCount and SQS moves it to the DLQ.
-            await self._settle(job, visible_in=0)
-        else:
-            await self._settle(job, delete=True)
-
-    async def _publish_failed(self, job: Job, ledger: Ledger, attempt: int) -> None:
-        error = ledger.error or StageError(
-            code=ErrorCode.INTERNAL_ERROR, retryable=False, message="the job failed"
-        )
-        data = FailedData(
-            job_id=job.job_id,
-            stage=ledger.failed_stage,
-            attempt=attempt,
-            retryable=False,
-            code=error.code,
-            field=error.field,
-            message=job.redactor(error.message),
-        )
-        await self._emit(job, EventType.JOB_FAILED, data)
-
-
-def _job_of(message: QueueMessage, request: JobRequest) -> Job:
-    secrets = request.input.secret_values()
-    job_id = request.input.job_id or message.message_id
-    return Job(message, request.input, job_id, Redactor(secrets))
-
-
-def _failed_stage(ledger: Ledger) -> StageName | None:
-    """The stage that failed this attempt (None: the request was refused before any stage)."""
-    for name, record in ledger.stages.items():
-        if record.status is StageStatus.FAILED:
-            return name
-    return None
-
 
 def _internal(exc: Exception, redactor: Redactor) -> StageFailure:
     return Retryable(ErrorCode.INTERNAL_ERROR, redactor(f"{type(exc).__name__}: {exc}"))
-
-
-def _continuation_body(job: Job) -> str:
-    """The original body with ``job_id`` pinned, so the continuation names the same job."""
-    body = json.loads(job.message.body)
-    body["input"]["job_id"] = job.job_id
-    return json.dumps(body)
 
 
 async def log_stage(stage: StageName, body: Callable[[], Awaitable[None]]) -> None:

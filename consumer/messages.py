@@ -37,7 +37,7 @@ def parse_request(body: str, message_id: str) -> JobRequest | Rejection:
         count = exc.error_count()
         more = f" (and {count - 1} more problems)" if count > 1 else ""
         # Pydantic echoes the input; it may hold a secret, so the message never includes it.
-        message = redact(f"{field}: {first['msg']}{more}")
+        message = redact(f"{field or 'the message body'}: {first['msg']}{more}")
         return Rejection(job_id, ErrorCode.INVALID_REQUEST, field, message)
 
 

@@ -31,7 +31,6 @@ class AcceptedData(_Data):
 class StageData(_Data):
     stage: StageName
     attempt: int = 1
-    skipped: bool = False
     duration_s: float | None = None
 
 

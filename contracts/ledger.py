@@ -45,6 +45,8 @@ class Ledger(BaseModel):
     created_at: datetime
     updated_at: datetime
     deliveries: int = 0
+    # Attempts that ended in a failure; the retry policy counts these, not SQS receives.
+    failed_attempts: int = 0
     # Set when the job failed for good: what ``loraq.job.failed`` said, replayed on redelivery.
     error: StageError | None = None
     failed_stage: StageName | None = None

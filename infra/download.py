@@ -60,6 +60,13 @@ async def check_url(url: str, allow: list[str]) -> None:
 
 async def download_http(url: str, dest: Path, *, max_bytes: int, allow: list[str]) -> int:
     """Stream ``url`` into ``dest``; returns the byte count. ``dest`` is partial on failure."""
+    try:
+        return await _follow(url, dest, max_bytes=max_bytes, allow=allow)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise DownloadFailed(f"connection failed: {exc}") from exc
+
+
+async def _follow(url: str, dest: Path, *, max_bytes: int, allow: list[str]) -> int:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for _ in range(MAX_REDIRECTS + 1):

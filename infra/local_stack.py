@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,10 @@ def start_local_stack(port: int | None = None) -> LocalStack:
     endpoint = f"http://127.0.0.1:{port}"
     stack = LocalStack(endpoint, "", "", "", "", BUCKET_NAME, server)
     try:
+        # moto keeps its state per process, not per server: start from nothing, so a second
+        # stack in the same process (the tests) never sees the first one's messages.
+        reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")  # noqa: S310
+        urllib.request.urlopen(reset, timeout=10).close()  # noqa: S310 - our server, 127.0.0.1
         _create_resources(stack)
     except BaseException:
         stack.stop()

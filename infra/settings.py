@@ -32,7 +32,6 @@ class Settings(BaseSettings):
     queue_url: str
     topic_arn: str | None = None
     volume: Path = Path("/var/lib/loraq")
-    bucket: str | None = None
 
     worker_id: str = Field(default_factory=_default_worker_id)
     # Short on purpose: a dead worker's job reappears within this many seconds; the heartbeat

@@ -86,9 +86,12 @@ async def run_worker(
 async def _retry_policy(queue: SqsJobQueue, settings: Settings) -> RetryPolicy:
     from_queue = await queue.max_receive_count()
     max_receives = settings.max_receives or from_queue or DEFAULT_MAX_RECEIVES
+    # With a lower limit than the queue's, SQS would not dead-letter our last attempt: it
+    # is deleted after its job.failed instead of coming back to be failed again.
+    dead_letters = from_queue is not None and max_receives >= from_queue
     return RetryPolicy(
         max_receives=max_receives,
-        has_dead_letter_queue=from_queue is not None,
+        has_dead_letter_queue=dead_letters,
         base_delay_s=settings.retry_base_delay_s,
     )
 

@@ -48,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loraq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="run a worker until SIGTERM/SIGINT")
-    worker.add_argument("--slots", type=int, default=1, help="jobs run at once (one per GPU set)")
+    worker.add_argument(
+        "--slots",
+        type=int,
+        default=1,
+        help="jobs run at once; each trainer sees every GPU, so keep 1 per GPU machine",
+    )
     worker.add_argument("--log-level", default="INFO")
     worker.set_defaults(func=_worker)
     stack = sub.add_parser("stack", help="run the local SQS/SNS/S3 stack in the foreground")

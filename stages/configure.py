@@ -15,7 +15,7 @@ from typing import Any
 import toml
 
 from contracts.enums import StageName
-from contracts.request import JobInput
+from contracts.request import TOML_TABLES, JobInput
 from infra.volume import JobPaths, atomic_write_text
 from stages.context import StageContext, StageOutcome
 from stages.fetch import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -64,7 +64,6 @@ _DATASET_KEYS = frozenset(
         "cache_shuffle_delimiter",
     }
 )
-_TABLES = ("model", "adapter", "optimizer", "monitoring", "evaluation")
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ def _dataset_table(request: JobInput, spec: ModelSpec, paths: JobPaths) -> dict[
 
 def _route_extras(extras: dict[str, Any], train: dict[str, Any], dataset: dict[str, Any]) -> None:
     for key, value in extras.items():
-        if key in _TABLES and isinstance(value, dict):
+        if key in TOML_TABLES and isinstance(value, dict):
             train.setdefault(key, {}).update(value)
         elif key in _MODEL_KEYS:
             train["model"][key] = value

@@ -36,8 +36,6 @@ class StageContext:
     # Set by the worker's shutdown: long stages save their progress and raise Interrupted.
     stop_requested: asyncio.Event
     s3: S3Objects | None = None
-    # S3 clients for a user's own endpoint/keys (the publish stage's ``s3`` method).
-    s3_factory: Callable[..., Any] | None = None
 
     def output_of(self, stage: StageName, key: str) -> Scalar:
         return self.ledger.stage(stage).outputs.get(key)

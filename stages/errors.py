@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contracts.enums import ErrorCode
+from contracts.enums import ErrorCode, StageName
 
 
 class StageFailure(Exception):
@@ -30,7 +30,10 @@ class Retryable(StageFailure):
 class Interrupted(Exception):
     """The stage stopped because the worker is shutting down; its progress is saved."""
 
-    def __init__(self, reason: str, *, step: int | None = None) -> None:
+    def __init__(
+        self, reason: str, *, stage: StageName | None = None, step: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.stage = stage
         self.step = step

@@ -18,7 +18,7 @@ from contracts.request import JobInput
 from infra.volume import utcnow
 from stages import caption, configure, fetch, provision, publish, train
 from stages.context import StageContext
-from stages.errors import Permanent, StageFailure
+from stages.errors import Interrupted, Permanent, StageFailure
 from stages.registry import spec_for
 
 STAGES: tuple[ModuleType, ...] = (fetch, caption, configure, provision, train, publish)
@@ -64,6 +64,8 @@ async def run_stages(
         record = ctx.ledger.stage(name)
         if record.status is StageStatus.COMPLETED:
             continue
+        if ctx.stop_requested.is_set():
+            raise Interrupted("the worker is shutting down", stage=name)
         record.status = StageStatus.RUNNING
         record.attempts += 1
         record.started_at = utcnow()

@@ -103,12 +103,14 @@ async def _publish_s3(ctx: StageContext, model_dir: Path, lora_path: Path) -> Ou
         raise Retryable(
             ErrorCode.PUBLISH_FAILED, f"upload to s3://{s3.bucket} failed: {exc}", field="output.s3"
         ) from exc
+    size_mb = round(archive.stat().st_size / 1024**2, 3)
+    archive.unlink()  # uploaded: the volume keeps the model folder, not a second copy
     return OutputInfo(
         download_url=zip_url,
         safetensors_url=lora_url,
         download_method=OutputMethod.S3,
         expires_in_days=7,
-        archive_size_mb=round(archive.stat().st_size / 1024**2, 3),
+        archive_size_mb=size_mb,
         note="Presigned links, valid for 7 days",
         network_volume_path=str(model_dir),
     )

@@ -33,7 +33,6 @@ class ModelSpec:
     images: bool = True
     videos: bool = False
     videos_only: bool = False
-    default_resolution: int = 1024
     max_resolution: int = 4096
     lora_file: str = "adapter_model.safetensors"
     sources: tuple[HubSource, ...] = ()
@@ -60,7 +59,6 @@ MODELS: dict[ModelType, ModelSpec] = {
             "Tiny DiT (built-in, CPU)",
             {"type": "tiny", "dtype": "float32"},
             images=True,
-            default_resolution=32,
             max_resolution=32,
             builtin=True,
         ),
@@ -91,7 +89,6 @@ MODELS: dict[ModelType, ModelSpec] = {
             {"type": "wan", "dtype": "bfloat16"},
             path_keys={"ckpt_path": "Wan2.1-T2V-1.3B"},
             videos=True,
-            default_resolution=512,
             sources=(HubSource("Wan-AI/Wan2.1-T2V-1.3B", "Wan2.1-T2V-1.3B", _WAN_PATTERNS),),
         ),
         ModelSpec(
@@ -100,7 +97,6 @@ MODELS: dict[ModelType, ModelSpec] = {
             {"type": "wan", "dtype": "bfloat16", "transformer_dtype": "float8"},
             path_keys={"ckpt_path": "Wan2.1-T2V-14B"},
             videos=True,
-            default_resolution=512,
             sources=(HubSource("Wan-AI/Wan2.1-T2V-14B", "Wan2.1-T2V-14B", _WAN_PATTERNS),),
         ),
         ModelSpec(
@@ -111,7 +107,6 @@ MODELS: dict[ModelType, ModelSpec] = {
             images=False,
             videos=True,
             videos_only=True,
-            default_resolution=512,
             sources=(
                 HubSource("Wan-AI/Wan2.1-I2V-14B-480P", "Wan2.1-I2V-14B-480P", _WAN_PATTERNS),
             ),

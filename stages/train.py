@@ -117,7 +117,7 @@ async def run(ctx: StageContext) -> StageOutcome:
         process.kill_group()
     await watch.check_checkpoint()
     if interrupted:
-        raise Interrupted("the worker is shutting down", step=watch.progress.step)
+        raise Interrupted("the worker is shutting down", stage=NAME, step=watch.progress.step)
     return _outcome(ctx, watch, code, spec.lora_file)
 
 
@@ -138,7 +138,7 @@ async def _supervise(
         else:
             process.kill_group()
         try:
-            await asyncio.wait_for(asyncio.shield(reader), ctx.settings.shutdown_grace_s)
+            await asyncio.wait_for(asyncio.shield(reader), _save_quit_budget(ctx))
         except TimeoutError:
             process.kill_group()
             await reader
@@ -149,6 +149,12 @@ async def _supervise(
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+
+
+def _save_quit_budget(ctx: StageContext) -> float:
+    """The trainer's share of the shutdown grace: the rest publishes the hand-back."""
+    grace = ctx.settings.shutdown_grace_s
+    return max(grace * 0.5, grace - 15)
 
 
 async def _read(process: TrainerProcess, watch: _Watch, log_path: Path) -> None:

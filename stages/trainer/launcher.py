@@ -22,6 +22,7 @@ from pathlib import Path
 import stages.tiny_trainer
 from infra.settings import Settings
 from stages.registry import ModelSpec
+from stages.trainer.guard import die_with_parent
 from stages.trainer.run_dirs import Checkpoint
 
 # Never hand the worker's own credentials to the trainer: it needs none of them.
@@ -111,14 +112,23 @@ class TrainerProcess:
 
     @classmethod
     async def start(cls, launch: Launch) -> TrainerProcess:
-        process = await asyncio.create_subprocess_exec(
+        guarded = [
+            sys.executable,
+            "-m",
+            "stages.trainer.guard",
+            "--parent",
+            str(os.getpid()),
+            "--",
             *launch.argv,
+        ]
+        process = await asyncio.create_subprocess_exec(
+            *guarded,
             cwd=launch.cwd,
             env=launch.env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             limit=1 << 20,
         )
         return cls(process)
@@ -147,22 +157,6 @@ class TrainerProcess:
         except TimeoutError:
             self.kill_group(signal.SIGKILL)
             return await self._process.wait()
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM the launcher when the worker dies, even by SIGKILL.
-
-    Without it a killed worker leaves its trainer running, and the worker that resumes the job
-    would train beside it on the same output directory. DeepSpeed's launcher forwards the
-    SIGTERM to its ranks.
-    """
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def clear_control_files(output_dir: Path) -> None:

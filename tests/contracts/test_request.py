@@ -101,6 +101,11 @@ def test_documented_defaults_apply() -> None:
         (_minimal(outptu={"method": "auto"}), "input.outptu"),
         (_minimal(job_id="../../etc"), "input.job_id"),
         ({"inputs": {}}, "input"),
+        (_minimal(training={"adapter": {"alpha": 16}}), "input.training"),
+        (_minimal(training={"adapter": {"rank": 4}}), "input.training"),
+        (_minimal(training={"model": "flux"}), "input.training"),
+        (_minimal(training={"model": {"type": "sdxl"}}), "input.training"),
+        (_minimal(training={"model": {"checkpoint_path": "/etc/passwd"}}), "input.training"),
     ],
 )
 def test_invalid_request_names_the_field(body: dict[str, object], field: str) -> None:
@@ -157,3 +162,23 @@ def test_trigger_word_is_one_line() -> None:
         _minimal(dataset={"type": DatasetType.IMAGES.value, "images_url": "https://x/y.zip"})
     )
     assert ok.input.dataset.trigger_word is None
+
+
+def test_nested_refusals_say_which_key_and_why() -> None:
+    """GIVEN a refused key inside a pass-through table WHEN parsed THEN the message names it."""
+    with pytest.raises(ValidationError, match=r"training\.adapter\.alpha: diffusion-pipe forces"):
+        JobRequest.model_validate(_minimal(training={"adapter": {"alpha": 16}}))
+    with pytest.raises(ValidationError, match=r"training\.model: must be an object"):
+        JobRequest.model_validate(_minimal(training={"model": "flux"}))
+
+
+def test_stored_request_drops_presigned_signatures() -> None:
+    """GIVEN a presigned dataset URL WHEN the request is stored THEN its query string is gone."""
+    body = _minimal(
+        dataset={
+            "type": "precaptioned",
+            "images_url": "https://b.s3.amazonaws.com/d.zip?X-Amz-Signature=abc",
+        }
+    )
+    stored = JobRequest.model_validate(body).input.redacted()
+    assert stored["dataset"]["images_url"] == "https://b.s3.amazonaws.com/d.zip"

@@ -62,7 +62,7 @@ def test_poison_message_reaches_the_dlq_with_one_final_failure(
     assert len(failed) == 1
     assert failed[0].data["retryable"] is False and failed[0].data["stage"] == "fetch"
     assert failed[0].data["code"] == "dataset_download_failed"
-    assert failed[0].data["field"] == "dataset.images_url"
+    assert failed[0].data["field"] == "input.dataset.images_url"
     retries = [e for e in events if e.type is EventType.JOB_INTERRUPTED]
     assert [e.data["attempt"] for e in retries] == [1, 2]
     assert all(e.data["retry_in_s"] >= 1 for e in retries)

@@ -1,0 +1,172 @@
+"""The job runner's decisions, on fakes of our own interfaces (no network, no trainer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from consumer.events import EventPublisher
+from consumer.heartbeat import CONTINUATION_ATTRIBUTE
+from consumer.job_runner import JobRunner
+from consumer.policy import RetryPolicy
+from contracts.enums import EventType, JobStatus, ModelType
+from contracts.events import CloudEvent
+from contracts.ledger import Ledger
+from infra.queue import QueueMessage
+from infra.settings import Settings
+from infra.volume import JobStore, atomic_write_text, utcnow
+
+
+@dataclass
+class FakeQueue:
+    deleted: list[str] = field(default_factory=list)
+    visibility: list[tuple[str, int]] = field(default_factory=list)
+    sent: list[tuple[str, dict[str, str], int]] = field(default_factory=list)
+
+    async def receive(self, *, wait_seconds: int, visibility_timeout: int) -> list[QueueMessage]:
+        return []
+
+    async def delete(self, message: QueueMessage) -> None:
+        self.deleted.append(message.message_id)
+
+    async def change_visibility(self, message: QueueMessage, timeout: int) -> None:
+        self.visibility.append((message.message_id, timeout))
+
+    async def send(
+        self, body: str, *, attributes: dict[str, str] | None = None, delay_s: int = 0
+    ) -> str:
+        self.sent.append((body, attributes or {}, delay_s))
+        return f"sent-{len(self.sent)}"
+
+    async def max_receive_count(self) -> int | None:
+        return 3
+
+
+class Sink:
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.events: list[CloudEvent] = []
+
+    async def publish(self, event: CloudEvent) -> None:
+        self.events.append(event)
+
+
+def _body(job_id: str = "job-1", **extra: object) -> str:
+    return json.dumps(
+        {
+            "input": {
+                "job_id": job_id,
+                "model_type": "tiny",
+                "dataset": {"type": "precaptioned", "images_url": "https://example.com/d.zip"},
+                "output": {"method": "local"},
+                **extra,
+            }
+        }
+    )
+
+
+def _message(body: str, receive_count: int = 1, **attributes: str) -> QueueMessage:
+    return QueueMessage("msg-1", "rh", body, receive_count, dict(attributes))
+
+
+def _runner(tmp_path: Path) -> tuple[JobRunner, FakeQueue, Sink, JobStore]:
+    queue, sink, store = FakeQueue(), Sink(), JobStore(tmp_path)
+    settings = Settings(queue_url="q", volume=tmp_path, worker_id="me")
+    publisher = EventPublisher(store, [sink], source="t", progress_interval_s=0)
+    runner = JobRunner(
+        queue,
+        store,
+        publisher,
+        settings,
+        RetryPolicy(max_receives=3),
+        stop_requested=asyncio.Event(),
+    )
+    return runner, queue, sink, store
+
+
+def _ledger(store: JobStore, job_id: str, status: JobStatus) -> None:
+    now = utcnow()
+    store.save_ledger(
+        Ledger(
+            job_id=job_id, model_type=ModelType.TINY, created_at=now, updated_at=now, status=status
+        )
+    )
+
+
+async def test_invalid_message_claiming_a_real_jobs_id_is_reported_under_its_own_id(
+    tmp_path: Path,
+) -> None:
+    """GIVEN a running job WHEN an invalid message claims its id THEN the failure is reported
+    under the message id, so the real job's subscribers see no failure."""
+    runner, queue, sink, store = _runner(tmp_path)
+    _ledger(store, "job-1", JobStatus.RUNNING)
+    await runner.handle(_message(_body(model_type="nope")))
+    assert [e.subject for e in sink.events] == ["msg-1"]
+    assert queue.deleted == ["msg-1"]
+
+
+async def test_a_leased_job_is_deferred_until_the_lease_would_end(tmp_path: Path) -> None:
+    """GIVEN another worker's live lease WHEN the job is received THEN the message is put back
+    for the lease's remaining time, nothing runs and no event is published."""
+    runner, queue, sink, store = _runner(tmp_path)
+    store.acquire_lease("job-1", "other", ttl_s=60)
+    await runner.handle(_message(_body()))
+    assert sink.events == [] and queue.deleted == []
+    ((_, delay),) = queue.visibility
+    assert 55 <= delay <= 61
+
+
+async def test_a_deferred_message_is_refreshed_before_sqs_would_dead_letter_it(
+    tmp_path: Path,
+) -> None:
+    """GIVEN a live lease and a message at its last allowed receive WHEN deferred THEN a fresh
+    copy (same body and attributes) replaces it instead of letting SQS dead-letter a live job."""
+    runner, queue, _, store = _runner(tmp_path)
+    store.acquire_lease("job-1", "other", ttl_s=60)
+    await runner.handle(_message(_body(), receive_count=3, **{CONTINUATION_ATTRIBUTE: "job-1"}))
+    assert queue.deleted == ["msg-1"]
+    ((body, attributes, delay),) = queue.sent
+    assert body == _body() and attributes == {CONTINUATION_ATTRIBUTE: "job-1"} and delay > 0
+
+
+async def test_a_continuation_of_a_finished_job_is_removed_silently(tmp_path: Path) -> None:
+    """GIVEN a succeeded job WHEN its continuation arrives THEN it is deleted, no second event."""
+    runner, queue, sink, store = _runner(tmp_path)
+    _ledger(store, "job-1", JobStatus.SUCCEEDED)
+    await runner.handle(_message(_body(), **{CONTINUATION_ATTRIBUTE: "job-1"}))
+    assert queue.deleted == ["msg-1"] and sink.events == []
+
+
+async def test_a_request_this_worker_cannot_serve_fails_once_with_the_qualified_field(
+    tmp_path: Path,
+) -> None:
+    """GIVEN an output method this worker lacks WHEN received THEN accepted, then one job.failed
+    naming input.output.method, not retryable; the message is deleted; the ledger says failed."""
+    runner, queue, sink, store = _runner(tmp_path)
+    await runner.handle(_message(_body(output={"method": "litterbox"})))
+    assert [e.type for e in sink.events] == [EventType.JOB_ACCEPTED, EventType.JOB_FAILED]
+    failed = sink.events[-1].data
+    assert (failed["code"], failed["field"], failed["retryable"]) == (
+        "unsupported",
+        "input.output.method",
+        False,
+    )
+    assert queue.deleted == ["msg-1"]
+    ledger = store.load_ledger("job-1")
+    assert ledger is not None and ledger.status is JobStatus.FAILED
+
+
+async def test_an_expired_lease_does_not_block(tmp_path: Path) -> None:
+    """GIVEN a lease that expired WHEN the job is received THEN it runs (here: fails preflight)."""
+    runner, _, sink, store = _runner(tmp_path)
+    store.acquire_lease("job-1", "dead", ttl_s=60)
+    lease = store.read_lease("job-1")
+    assert lease is not None
+    stale = lease.model_copy(update={"expires_at": utcnow() - timedelta(seconds=1)})
+    atomic_write_text(store.paths("job-1").lease, stale.model_dump_json())
+    await runner.handle(_message(_body(output={"method": "litterbox"})))
+    assert sink.events[0].type is EventType.JOB_ACCEPTED
