@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     worker_id: str = Field(default_factory=_default_worker_id)
     # Short on purpose: a dead worker's job reappears within this many seconds; the heartbeat
     # keeps a live one's message invisible.
-    visibility_timeout: int = Field(default=120, ge=10, le=43_200)
+    visibility_timeout: int = Field(default=120, ge=5, le=43_200)
     heartbeat_interval: float | None = Field(default=None, gt=0)
     lease_ttl: int | None = Field(default=None, ge=10)
     wait_time_seconds: int = Field(default=20, ge=0, le=20)
@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # stack's S3 on 127.0.0.1, an in-VPC MinIO). Empty: only public addresses.
     fetch_allow: list[str] = Field(default_factory=list)
     local_publish_dir: Path | None = None
+    # The Hugging Face Hub to provision weights from; None: huggingface_hub's own default
+    # (HF_ENDPOINT, else https://huggingface.co). Tests point it at a local Hub.
+    hf_endpoint: str | None = None
 
     @property
     def heartbeat_every(self) -> float:
@@ -76,6 +79,5 @@ class Settings(BaseSettings):
         So when a dead worker's message reappears, its lease has already expired and the next
         worker takes the job at once instead of waiting another visibility period.
         """
-        return self.lease_ttl or max(
-            5, self.visibility_timeout - min(10, self.visibility_timeout // 4)
-        )
+        margin = max(1, min(10, self.visibility_timeout // 4))
+        return self.lease_ttl or max(3, self.visibility_timeout - margin)

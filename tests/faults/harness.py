@@ -28,15 +28,16 @@ class WorkerProcess:
         environ.update(
             LORAQ_VOLUME=str(volume),
             LORAQ_WORKER_ID=name,
-            LORAQ_VISIBILITY_TIMEOUT="10",
+            LORAQ_VISIBILITY_TIMEOUT="5",
             LORAQ_WAIT_TIME_SECONDS="1",
             LORAQ_PROGRESS_INTERVAL_S="0",
             LORAQ_SHUTDOWN_GRACE_S="30",
             LORAQ_TRANSIENT_RETRY_WAIT_S="0.05",
             LORAQ_RETRY_BASE_DELAY_S="1",
             PYTHONPATH=str(REPO),
-            **env,
         )
+        environ.update(env)  # the test's own settings win over the defaults above
+        log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tests.faults.worker_main"],

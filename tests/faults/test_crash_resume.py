@@ -27,9 +27,9 @@ STEPS_PER_EPOCH = 8  # 8 images, batch 1, accumulation 1
 EPOCHS = 3
 
 
-def _job(stack: LocalStack, job_id: str, **training: object) -> dict:
-    training = {"checkpoint_every_n_epochs": 1, "save_every_n_epochs": EPOCHS, **training}
-    return demo_request(upload_dataset(stack), stack, job_id=job_id, epochs=EPOCHS, **training)
+def _job(stack: LocalStack, job_id: str, epochs: int = EPOCHS) -> dict:
+    training = {"checkpoint_every_n_epochs": 1, "save_every_n_epochs": epochs}
+    return demo_request(upload_dataset(stack), stack, job_id=job_id, epochs=epochs, **training)
 
 
 def _assert_finished_once(volume: Path, job_id: str, events: list) -> None:
@@ -60,7 +60,7 @@ def test_sigkill_after_a_stage_wrote_its_outputs_resumes_without_redoing_complet
     ledger recorded it WHEN a new worker receives the redelivered message THEN the job succeeds
     once, that stage ran twice and every stage before it once, and no stage completed twice."""
     job_id = f"kill-{stage.value}"
-    send_job(stack, _job(stack, job_id))
+    send_job(stack, _job(stack, job_id, epochs=1))
     first = WorkerProcess(stack, tmp_path, "first", tmp_path, LORAQ_TEST_PAUSE_AFTER=stage.value)
     second = None
     try:

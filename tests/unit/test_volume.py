@@ -69,3 +69,36 @@ def test_ledger_round_trips(tmp_path: Path) -> None:
     loaded = store.load_ledger("j")
     assert loaded is not None and len(loaded.stages) == 6
     assert store.load_ledger("missing") is None
+
+
+def test_reconcile_breaks_only_this_workers_stale_leases(tmp_path: Path) -> None:
+    """GIVEN leases of this worker's dead incarnation, of a live process on this host and of
+    another host WHEN a worker starts THEN only its own stale leases are broken and their
+    running stages are marked pending."""
+    import os
+    import socket
+
+    from consumer.reconcile import reconcile
+    from contracts.enums import StageName, StageStatus
+
+    store = JobStore(tmp_path)
+    host = socket.gethostname()
+    dead_pid = 2**22 + 12345  # above pid_max on this machine: no such process
+    store.acquire_lease("mine-restarted", "pod-a", ttl_s=600)
+    store.acquire_lease("mine-dead-pid", f"{host}-{dead_pid}", ttl_s=600)
+    store.acquire_lease("live-neighbour", f"{host}-{os.getppid()}", ttl_s=600)
+    store.acquire_lease("other-host", "elsewhere-1", ttl_s=600)
+    now = utcnow()
+    ledger = Ledger(
+        job_id="mine-dead-pid", model_type=ModelType.TINY, created_at=now, updated_at=now
+    )
+    ledger.stage(StageName.TRAIN).status = StageStatus.RUNNING
+    store.save_ledger(ledger)
+
+    released = reconcile(store, "pod-a")
+
+    assert released == ["mine-dead-pid", "mine-restarted"]
+    assert store.read_lease("live-neighbour") is not None
+    assert store.read_lease("other-host") is not None
+    reloaded = store.load_ledger("mine-dead-pid")
+    assert reloaded is not None and reloaded.stage(StageName.TRAIN).status is StageStatus.PENDING
