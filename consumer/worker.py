@@ -3,6 +3,10 @@
 Shutdown (safe to call twice): stop polling → ask running jobs to checkpoint and hand back
 their messages → wait for them within the grace period → cancel what is left. Heartbeats keep
 running while jobs drain, so no message reappears on another worker before it is handed back.
+
+A long poll in flight is never cancelled: SQS (and moto) would still deliver a message to the
+abandoned request and keep it invisible for a whole visibility timeout. The poll is allowed to
+finish (at most ``wait_seconds``) and whatever it brings is handed straight back.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import contextlib
 import structlog
 
 from consumer.job_runner import JobRunner
-from infra.queue import JobQueue
+from infra.queue import JobQueue, QueueMessage
 
 log = structlog.get_logger("loraq.worker")
 
@@ -38,43 +42,50 @@ class Worker:
         self._visibility = visibility_timeout
         self._grace = grace_s
         self._polling = True
-        self._idle: dict[int, asyncio.Task[None]] = {}
         self._busy: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
         self._shutdown_started = False
 
     async def run(self) -> None:
         """Poll until ``shutdown()``; returns once its phases have all finished."""
-        await asyncio.gather(*(self._slot(i) for i in range(self._slots)))
+        await asyncio.gather(*(self._slot() for _ in range(self._slots)))
         await self._stopped.wait()
 
-    async def _slot(self, index: int) -> None:
+    async def _slot(self) -> None:
         while self._polling:
-            receive = asyncio.create_task(self._receive_and_run())
-            self._idle[index] = receive
             try:
-                await receive
-            except asyncio.CancelledError:
-                if self._polling:
-                    raise
+                messages = await self._queue.receive(
+                    wait_seconds=self._wait, visibility_timeout=self._visibility
+                )
             except Exception:  # a failed receive (network, throttling) must not end the worker
                 log.exception("receive_failed")
                 await asyncio.sleep(1)
-            finally:
-                self._idle.pop(index, None)
+                continue
+            if not self._polling:
+                await self._hand_back(messages)
+                return
+            for message in messages:
+                await self._run(message)
 
-    async def _receive_and_run(self) -> None:
-        messages = await self._queue.receive(
-            wait_seconds=self._wait, visibility_timeout=self._visibility
-        )
+    async def _run(self, message: QueueMessage) -> None:
+        job = asyncio.create_task(self._runner.handle(message))
+        self._busy.add(job)
+        try:
+            await job
+        except asyncio.CancelledError:
+            if self._polling:
+                raise  # we are being cancelled ourselves, not past the shutdown grace
+        except Exception:  # the runner turns failures into events; this is a bug's last stop
+            log.exception("job_crashed", message_id=message.message_id)
+        finally:
+            self._busy.discard(job)
+
+    async def _hand_back(self, messages: list[QueueMessage]) -> None:
         for message in messages:
-            job = asyncio.create_task(self._runner.handle(message))
-            self._busy.add(job)
-            try:
-                # Shielded: cancelling a waiting receive must never cancel the job itself.
-                await asyncio.shield(job)
-            finally:
-                self._busy.discard(job)
+            with contextlib.suppress(Exception):
+                await self._queue.change_visibility(message, 0)
+        if messages:
+            log.info("shutdown", phase="handed_back", messages=len(messages))
 
     async def shutdown(self) -> None:
         if self._shutdown_started:
@@ -84,9 +95,6 @@ class Worker:
         log.info("shutdown", phase="stop_polling", running_jobs=len(self._busy))
         self._polling = False
         busy = set(self._busy)
-        # Cancels waiting receives; a slot running a job only stops waiting (the job is shielded).
-        for task in list(self._idle.values()):
-            task.cancel()
         log.info("shutdown", phase="drain", running_jobs=len(busy))
         self._stop_jobs.set()
         if busy:
