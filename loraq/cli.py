@@ -1,13 +1,15 @@
-"""The ``loraq`` command: ``worker``, ``stack``, ``demo``."""
+"""The ``loraq`` command: ``worker``, ``stack``, ``demo``, ``config``, ``provision``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from infra.logging import configure_logging
 
@@ -41,7 +43,56 @@ def _demo(args: argparse.Namespace) -> int:
     from loraq import demo
 
     configure_logging("WARNING", json=False)
-    return demo.main(args.volume, args.epochs, args.keep)
+    return demo.main(args.volume, args.epochs)
+
+
+def _config(args: argparse.Namespace) -> int:
+    from loraq.model_commands import config_command
+
+    return config_command(Path(args.job), Path(args.out), Path(args.volume))
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from contracts.enums import ModelType
+    from loraq.model_commands import provision_command
+
+    configure_logging("WARNING", json=False)
+    types = [ModelType(name) for name in args.model_types]
+    return provision_command(types, Path(args.volume), args.endpoint)
+
+
+def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from contracts.enums import ModelType
+    from loraq.model_commands import default_volume
+
+    config = sub.add_parser(
+        "config", help="write the train.toml and dataset.toml a job would run with (offline)"
+    )
+    config.add_argument("job", help='the job request: a JSON file {"input": {...}}')
+    config.add_argument("--out", required=True, help="folder for train.toml and dataset.toml")
+    config.add_argument(
+        "--volume",
+        default=str(default_volume()),
+        help="the volume the paths point into (default: $LORAQ_VOLUME or /var/lib/loraq)",
+    )
+    config.set_defaults(func=_config)
+    provision = sub.add_parser(
+        "provision", help="download model weights into the volume's models/ (token: $HF_TOKEN)"
+    )
+    provision.add_argument(
+        "model_types", nargs="+", metavar="TYPE", choices=[t.value for t in ModelType]
+    )
+    provision.add_argument(
+        "--volume",
+        default=str(default_volume()),
+        help="the volume to fill (default: $LORAQ_VOLUME or /var/lib/loraq)",
+    )
+    provision.add_argument(
+        "--endpoint",
+        default=os.environ.get("LORAQ_HF_ENDPOINT"),
+        help="Hub endpoint (default: $LORAQ_HF_ENDPOINT, else huggingface_hub's own)",
+    )
+    provision.set_defaults(func=_provision)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,10 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--port", type=int, default=None)
     stack.set_defaults(func=_stack)
     demo = sub.add_parser("demo", help="run one real tiny job end to end on the local stack")
-    demo.add_argument("--volume", default=None, help="job volume (default: a temporary folder)")
+    demo.add_argument("--volume", default="demo-volume", help="job volume (kept afterwards)")
     demo.add_argument("--epochs", type=int, default=10)
-    demo.add_argument("--keep", action="store_true", help="keep the temporary volume")
     demo.set_defaults(func=_demo)
+    _add_model_commands(sub)
     return parser
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -151,14 +149,10 @@ def _report(terminal: CloudEvent, job_dir: Path) -> int:
     print(json.dumps(terminal.data, indent=2))
     print(f"\nLoRA on the volume: {local}")
     print(f"Download URL (checked, {size} bytes): {output['safetensors_url']}")
+    print("  (served by the demo's own local S3, which stops with the demo)")
     print(f"Job directory: {job_dir}")
     return 0
 
 
-def main(volume: str | None, epochs: int, keep: bool) -> int:
-    root = Path(volume) if volume else Path(tempfile.mkdtemp(prefix="loraq-demo-"))
-    try:
-        return asyncio.run(run_demo(root, epochs))
-    finally:
-        if not keep and volume is None:
-            shutil.rmtree(root, ignore_errors=True)
+def main(volume: str, epochs: int) -> int:
+    return asyncio.run(run_demo(Path(volume).resolve(), epochs))
