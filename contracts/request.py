@@ -42,7 +42,14 @@ _TRAINING_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # override what loraq derives from the documented fields (the model type, the LoRA rank, paths).
 TOML_TABLES = frozenset({"model", "adapter", "optimizer", "monitoring", "evaluation"})
 _REFUSED_TABLE_KEYS: dict[str, dict[str, str]] = {
-    "model": {"type": "set by model_type"},
+    "model": {
+        "type": "set by model_type",
+        # Weight locations that are not named *_path: loraq provisions and points at them.
+        "diffusion_model": "model paths are managed by loraq",
+        "vae": "model paths are managed by loraq",
+        "text_encoders": "model paths are managed by loraq",
+        "merge_adapters": "model paths are managed by loraq",
+    },
     "adapter": {
         "type": "loraq trains LoRA adapters",
         "rank": "use training.lora_rank",
@@ -128,6 +135,8 @@ class TrainingSpec(BaseModel):
                 raise ValueError(f"training.{key}: {_REFUSED_TRAINING_KEYS[key]}")
             if not _TRAINING_KEY.match(key):
                 raise ValueError(f"training.{key}: not a valid TOML key")
+            if key.endswith("_path"):
+                raise ValueError(f"training.{key}: model paths are managed by loraq")
             _check_toml_value(f"training.{key}", value)
             if key in TOML_TABLES:
                 _check_table(key, value)

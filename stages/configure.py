@@ -25,11 +25,17 @@ NAME = StageName.CONFIGURE
 TRAIN_TOML = "train.toml"
 DATASET_TOML = "dataset.toml"
 
-# Where diffusion-pipe reads a pass-through key, when it is not a top-level one.
+# Where diffusion-pipe reads a pass-through key, when it is not a top-level one: the
+# ``config['model']`` keys of the seven supported models (models/flux.py, sdxl.py, wan/wan.py,
+# qwen_image.py, z_image.py, base.py, utils/common.py), the ``[adapter]`` and ``[optimizer]``
+# keys train.py reads, and the dataset keys utils/dataset.py reads at the top of dataset.toml.
+# Paths are not among them: loraq owns every path (contracts/request.py refuses ``*_path``).
 _MODEL_KEYS = frozenset(
     {
         "transformer_dtype",
+        "diffusion_model_dtype",
         "timestep_sample_method",
+        "sigmoid_scale",
         "guidance",
         "flux_shift",
         "shift",
@@ -40,16 +46,16 @@ _MODEL_KEYS = frozenset(
         "unet_lr",
         "text_encoder_1_lr",
         "text_encoder_2_lr",
-        "transformer_path",
-        "llm_path",
-        "diffusion_model_dtype",
         "min_t",
         "max_t",
-        "multiscale_loss_weight",
+        "cache_text_embeddings",
+        "text_encoder_fp8",
     }
 )
-_ADAPTER_KEYS = frozenset({"dropout", "init_from_existing"})
-_OPTIMIZER_KEYS = frozenset({"gradient_release", "momentum", "d_coef", "stochastic_rounding"})
+_ADAPTER_KEYS = frozenset({"dropout", "init_from_existing", "exclude_modules"})
+_OPTIMIZER_KEYS = frozenset(
+    {"gradient_release", "momentum", "d_coef", "stochastic_rounding", "beta2_half_life"}
+)
 _DATASET_KEYS = frozenset(
     {
         "enable_ar_bucket",
@@ -57,11 +63,15 @@ _DATASET_KEYS = frozenset(
         "max_ar",
         "num_ar_buckets",
         "ar_buckets",
+        "size_buckets",
         "resolutions",
         "frame_buckets",
         "shuffle_tags",
         "cache_shuffle_num",
         "cache_shuffle_delimiter",
+        "caption_prefix",
+        "skip_empty_caption",
+        "subsample_ratio",
     }
 )
 
@@ -95,7 +105,7 @@ def build_configs(
         "caching_batch_size": t.caching_batch_size,
         "steps_per_print": 1,
         "video_clip_mode": t.video_clip_mode,
-        "model": {**spec.model_table, **spec.model_paths(models_dir)},
+        "model": spec.model_table_for(models_dir),
         "adapter": {"type": "lora", "rank": t.lora_rank, "dtype": t.lora_dtype},
         "optimizer": {
             "type": t.optimizer_type,

@@ -30,6 +30,21 @@ StageHook = Callable[[StageName, Callable[[], Awaitable[None]]], Awaitable[None]
 
 def preflight(request: JobInput) -> None:
     """Refuse, before any download, a request that this worker can never complete."""
+    _check_media(request)
+    if request.output.method not in publish.SUPPORTED_METHODS:
+        supported = ", ".join(sorted(m.value for m in publish.SUPPORTED_METHODS))
+        raise Permanent(
+            ErrorCode.UNSUPPORTED,
+            f"output method '{request.output.method}' is not available on this worker "
+            f"(available: {supported})",
+            field="output.method",
+        )
+    if request.output.method is OutputMethod.S3 and request.output.s3 is None:
+        raise Permanent(ErrorCode.INVALID_REQUEST, "output.s3 is required", field="output.s3")
+
+
+def _check_media(request: JobInput) -> None:
+    """The dataset against what the model trains on (the registry's images/videos flags)."""
     spec = spec_for(request.model_type)
     dataset = request.dataset
     if dataset.videos_url and not spec.videos:
@@ -44,16 +59,13 @@ def preflight(request: JobInput) -> None:
             f"{spec.display_name} trains on videos only",
             field="dataset.type",
         )
-    if request.output.method not in publish.SUPPORTED_METHODS:
-        supported = ", ".join(sorted(m.value for m in publish.SUPPORTED_METHODS))
+    if dataset.videos_url and max(request.training.frame_buckets, default=1) <= 1:
+        # diffusion-pipe never puts a video in the 1-frame bucket: every video would be dropped.
         raise Permanent(
-            ErrorCode.UNSUPPORTED,
-            f"output method '{request.output.method}' is not available on this worker "
-            f"(available: {supported})",
-            field="output.method",
+            ErrorCode.INVALID_REQUEST,
+            "videos need a frame bucket above 1 (for example [1, 33])",
+            field="training.frame_buckets",
         )
-    if request.output.method is OutputMethod.S3 and request.output.s3 is None:
-        raise Permanent(ErrorCode.INVALID_REQUEST, "output.s3 is required", field="output.s3")
 
 
 async def run_stages(

@@ -1,11 +1,27 @@
 """The model registry: one row per model type, the only place that knows what a type needs.
 
-Everything type-specific (display name, the ``[model]`` table, dtypes, dataset constraints,
-resolution, the LoRA file it writes, the weights to provision) lives in ``MODELS``.
+Everything type-specific lives in ``MODELS``: the display name (the response's ``model_name``),
+diffusion-pipe's ``[model]`` table, the media the model trains on, the weights to provision from
+the Hub and the files its loader reads, and the name of the LoRA file it writes.
+
+The facts come from diffusion-pipe's source (``models/*.py``, ``docs/supported_models.md``):
+- Flux loads a diffusers folder (``diffusers_path``) and saves its LoRA with diffusers'
+  ``save_lora_weights``: ``pytorch_lora_weights.safetensors``, no ``adapter_config.json``.
+- SDXL loads one checkpoint file (``checkpoint_path``) and saves a Kohya LoRA,
+  ``lora.safetensors``.
+- Wan loads the official checkpoint folder (``ckpt_path``) and detects the variant from its
+  ``config.json`` (``model_type`` t2v/i2v, ``dim`` 1536/5120); i2v needs the CLIP weights and
+  trains on videos only.
+- Qwen-Image loads ``transformer/``, ``text_encoder/`` and ``vae/`` safetensors from a diffusers
+  folder (tokenizer and configs ship with diffusion-pipe).
+- Z-Image loads ComfyUI files: ``diffusion_model``, ``vae``, ``text_encoders`` (Qwen3 4B, type
+  ``lumina2``) and, for Turbo, merges Ostris' de-distill training adapter (``merge_adapters``).
+- Every other model saves ``adapter_model.safetensors`` (ComfyUI keys) + ``adapter_config.json``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,22 +30,38 @@ from contracts.enums import ModelType
 
 
 @dataclass(frozen=True)
+class Weights:
+    """A path inside ``models/<type>/``; becomes an absolute path when the TOML is written."""
+
+    relative: str
+
+
+@dataclass(frozen=True)
 class HubSource:
-    """Weights on the Hugging Face Hub, downloaded into ``models/<type>/<subdir>``."""
+    """One Hub repository, downloaded into ``models/<type>/<subdir>/``.
+
+    ``allow_patterns`` selects the files to download (huggingface_hub's fnmatch semantics), so the
+    big files a loader never reads (Flux's single-file checkpoint, Wan's demo assets) stay on the
+    Hub. ``required`` lists the files diffusion-pipe's loader opens: a pre-provisioned volume is
+    accepted when they are all present and sound. ``expect_json`` pins values in a JSON file
+    (Wan's ``config.json`` names the variant) so a folder holding another variant is refused.
+    """
 
     repo_id: str
     subdir: str
-    allow_patterns: tuple[str, ...] = ()
+    allow_patterns: tuple[str, ...]
+    required: tuple[str, ...]
     gated: bool = False
+    revision: str = "main"
+    expect_json: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     model_type: ModelType
     display_name: str
-    # The ``[model]`` table without paths; ``model_paths`` adds them from the models directory.
-    model_table: dict[str, Any]
-    path_keys: dict[str, str] = field(default_factory=dict)
+    # diffusion-pipe's ``[model]`` table; ``Weights`` leaves are resolved by ``model_table_for``.
+    model_table: Mapping[str, Any]
     images: bool = True
     videos: bool = False
     videos_only: bool = False
@@ -38,18 +70,91 @@ class ModelSpec:
     sources: tuple[HubSource, ...] = ()
     builtin: bool = False
 
-    def model_paths(self, models_dir: Path) -> dict[str, Any]:
-        """``[model]`` path keys pointing into this type's provisioned directory."""
-        paths: dict[str, Any] = {}
-        for key, relative in self.path_keys.items():
-            paths[key] = str(models_dir / relative)
-        return paths
+    @property
+    def gated(self) -> bool:
+        return any(source.gated for source in self.sources)
 
-    def required_paths(self, models_dir: Path) -> list[Path]:
-        return [models_dir / relative for relative in self.path_keys.values()]
+    def model_table_for(self, models_dir: Path) -> dict[str, Any]:
+        """The ``[model]`` table with every weight path made absolute under ``models_dir``."""
+        resolved = _resolve(dict(self.model_table), models_dir)
+        assert isinstance(resolved, dict)
+        return resolved
 
 
-_WAN_PATTERNS = ("*.json", "*.pth", "*.safetensors", "google/*", "xlm-roberta-large/*")
+def _resolve(value: Any, models_dir: Path) -> Any:
+    if isinstance(value, Weights):
+        return str(models_dir / value.relative)
+    if isinstance(value, dict):
+        return {key: _resolve(item, models_dir) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_resolve(item, models_dir) for item in value]
+    return value
+
+
+# -- Wan 2.1: the official checkpoint folders (models/wan/configs.py names the files) ----------
+_WAN_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
+_WAN_VAE = "Wan2.1_VAE.pth"
+_WAN_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+_UMT5_TOKENIZER = tuple(
+    f"google/umt5-xxl/{name}"
+    for name in (
+        "special_tokens_map.json",
+        "spiece.model",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    )
+)
+_XLM_TOKENIZER = tuple(
+    f"xlm-roberta-large/{name}"
+    for name in (
+        "sentencepiece.bpe.model",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    )
+)
+_WAN_PATTERNS = ("config.json", "diffusion_pytorch_model*", _WAN_T5, _WAN_VAE, "google/umt5-xxl/*")
+_WAN_I2V_PATTERNS = (*_WAN_PATTERNS, _WAN_CLIP, "xlm-roberta-large/*")
+_WAN_SHARDED = ("config.json", "diffusion_pytorch_model.safetensors.index.json")
+
+
+def _wan_table(folder: str, *, fp8: bool) -> dict[str, Any]:
+    table: dict[str, Any] = {"type": "wan", "ckpt_path": Weights(folder), "dtype": "bfloat16"}
+    if fp8:
+        table["transformer_dtype"] = "float8"
+    table["timestep_sample_method"] = "logit_normal"
+    return table
+
+
+# -- Z-Image Turbo: ComfyUI files + Ostris' training adapter ----------------------------------
+_Z_DIR = "z_image_turbo"
+_Z_MODEL = "split_files/diffusion_models/z_image_turbo_bf16.safetensors"
+_Z_TEXT_ENCODER = "split_files/text_encoders/qwen_3_4b.safetensors"
+_Z_VAE = "split_files/vae/ae.safetensors"
+_Z_ADAPTER_DIR = "zimage_turbo_training_adapter"
+# The version diffusion-pipe's documentation names (v2 exists; v1 is what it was tested with).
+_Z_ADAPTER = "zimage_turbo_training_adapter_v1.safetensors"
+
+_DIFFUSERS_FLUX = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "text_encoder_2/config.json",
+    "text_encoder_2/model.safetensors.index.json",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "tokenizer_2/special_tokens_map.json",
+    "tokenizer_2/spiece.model",
+    "tokenizer_2/tokenizer.json",
+    "tokenizer_2/tokenizer_config.json",
+    "transformer/config.json",
+    "transformer/diffusion_pytorch_model.safetensors.index.json",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
 
 MODELS: dict[ModelType, ModelSpec] = {
     spec.model_type: spec
@@ -65,20 +170,50 @@ MODELS: dict[ModelType, ModelSpec] = {
         ModelSpec(
             ModelType.FLUX,
             "Flux",
-            {"type": "flux", "dtype": "bfloat16", "transformer_dtype": "float8"},
-            path_keys={"diffusers_path": "FLUX.1-dev"},
-            sources=(HubSource("black-forest-labs/FLUX.1-dev", "FLUX.1-dev", gated=True),),
+            {
+                "type": "flux",
+                "diffusers_path": Weights("FLUX.1-dev"),
+                "dtype": "bfloat16",
+                "transformer_dtype": "float8",
+                "flux_shift": True,
+            },
+            lora_file="pytorch_lora_weights.safetensors",
+            sources=(
+                HubSource(
+                    "black-forest-labs/FLUX.1-dev",
+                    "FLUX.1-dev",
+                    # The diffusers folders only: not the 23 GB single-file flux1-dev.safetensors.
+                    (
+                        "model_index.json",
+                        "scheduler/*",
+                        "text_encoder/*",
+                        "text_encoder_2/*",
+                        "tokenizer/*",
+                        "tokenizer_2/*",
+                        "transformer/*",
+                        "vae/*",
+                    ),
+                    _DIFFUSERS_FLUX,
+                    gated=True,
+                ),
+            ),
         ),
         ModelSpec(
             ModelType.SDXL,
             "SDXL",
-            {"type": "sdxl", "dtype": "bfloat16"},
-            path_keys={"checkpoint_path": "sd_xl_base_1.0.safetensors"},
+            {
+                "type": "sdxl",
+                "checkpoint_path": Weights(
+                    "stable-diffusion-xl-base-1.0/sd_xl_base_1.0.safetensors"
+                ),
+                "dtype": "bfloat16",
+            },
             lora_file="lora.safetensors",
             sources=(
                 HubSource(
                     "stabilityai/stable-diffusion-xl-base-1.0",
-                    ".",
+                    "stable-diffusion-xl-base-1.0",
+                    ("sd_xl_base_1.0.safetensors",),
                     ("sd_xl_base_1.0.safetensors",),
                 ),
             ),
@@ -86,47 +221,113 @@ MODELS: dict[ModelType, ModelSpec] = {
         ModelSpec(
             ModelType.WAN13,
             "Wan 1.3B",
-            {"type": "wan", "dtype": "bfloat16"},
-            path_keys={"ckpt_path": "Wan2.1-T2V-1.3B"},
+            _wan_table("Wan2.1-T2V-1.3B", fp8=False),
             videos=True,
-            sources=(HubSource("Wan-AI/Wan2.1-T2V-1.3B", "Wan2.1-T2V-1.3B", _WAN_PATTERNS),),
+            sources=(
+                HubSource(
+                    "Wan-AI/Wan2.1-T2V-1.3B",
+                    "Wan2.1-T2V-1.3B",
+                    _WAN_PATTERNS,
+                    (
+                        "config.json",
+                        "diffusion_pytorch_model.safetensors",
+                        _WAN_T5,
+                        _WAN_VAE,
+                        *_UMT5_TOKENIZER,
+                    ),
+                    expect_json={"config.json": {"model_type": "t2v", "dim": 1536}},
+                ),
+            ),
         ),
         ModelSpec(
             ModelType.WAN14B_T2V,
             "Wan 14B T2V",
-            {"type": "wan", "dtype": "bfloat16", "transformer_dtype": "float8"},
-            path_keys={"ckpt_path": "Wan2.1-T2V-14B"},
+            _wan_table("Wan2.1-T2V-14B", fp8=True),
             videos=True,
-            sources=(HubSource("Wan-AI/Wan2.1-T2V-14B", "Wan2.1-T2V-14B", _WAN_PATTERNS),),
+            sources=(
+                HubSource(
+                    "Wan-AI/Wan2.1-T2V-14B",
+                    "Wan2.1-T2V-14B",
+                    _WAN_PATTERNS,
+                    (*_WAN_SHARDED, _WAN_T5, _WAN_VAE, *_UMT5_TOKENIZER),
+                    expect_json={"config.json": {"model_type": "t2v", "dim": 5120}},
+                ),
+            ),
         ),
         ModelSpec(
             ModelType.WAN14B_I2V,
             "Wan 14B I2V",
-            {"type": "wan", "dtype": "bfloat16", "transformer_dtype": "float8"},
-            path_keys={"ckpt_path": "Wan2.1-I2V-14B-480P"},
+            _wan_table("Wan2.1-I2V-14B-480P", fp8=True),
             images=False,
             videos=True,
             videos_only=True,
             sources=(
-                HubSource("Wan-AI/Wan2.1-I2V-14B-480P", "Wan2.1-I2V-14B-480P", _WAN_PATTERNS),
+                HubSource(
+                    "Wan-AI/Wan2.1-I2V-14B-480P",
+                    "Wan2.1-I2V-14B-480P",
+                    _WAN_I2V_PATTERNS,
+                    (
+                        *_WAN_SHARDED,
+                        _WAN_T5,
+                        _WAN_VAE,
+                        _WAN_CLIP,
+                        *_UMT5_TOKENIZER,
+                        *_XLM_TOKENIZER,
+                    ),
+                    expect_json={"config.json": {"model_type": "i2v", "dim": 5120}},
+                ),
             ),
         ),
         ModelSpec(
             ModelType.QWEN,
             "Qwen Image",
-            {"type": "qwen_image", "dtype": "bfloat16", "transformer_dtype": "float8"},
-            path_keys={"diffusers_path": "Qwen-Image"},
-            sources=(HubSource("Qwen/Qwen-Image", "Qwen-Image"),),
+            {
+                "type": "qwen_image",
+                "diffusers_path": Weights("Qwen-Image"),
+                "dtype": "bfloat16",
+                "transformer_dtype": "float8",
+                "timestep_sample_method": "logit_normal",
+            },
+            sources=(
+                HubSource(
+                    "Qwen/Qwen-Image",
+                    "Qwen-Image",
+                    ("model_index.json", "text_encoder/*", "transformer/*", "vae/*"),
+                    (
+                        "text_encoder/model.safetensors.index.json",
+                        "transformer/diffusion_pytorch_model.safetensors.index.json",
+                        "vae/diffusion_pytorch_model.safetensors",
+                    ),
+                ),
+            ),
         ),
         ModelSpec(
             ModelType.Z_IMAGE_TURBO,
             "Z Image Turbo",
-            {"type": "z_image", "dtype": "bfloat16"},
-            path_keys={
-                "diffusion_model": "split_files/diffusion_models/z_image_turbo_bf16.safetensors",
-                "vae": "split_files/vae/ae.safetensors",
+            {
+                "type": "z_image",
+                "diffusion_model": Weights(f"{_Z_DIR}/{_Z_MODEL}"),
+                "vae": Weights(f"{_Z_DIR}/{_Z_VAE}"),
+                "text_encoders": [
+                    {"path": Weights(f"{_Z_DIR}/{_Z_TEXT_ENCODER}"), "type": "lumina2"}
+                ],
+                "merge_adapters": [Weights(f"{_Z_ADAPTER_DIR}/{_Z_ADAPTER}")],
+                "dtype": "bfloat16",
             },
-            sources=(HubSource("Comfy-Org/z_image_turbo", "."),),
+            sources=(
+                HubSource(
+                    "Comfy-Org/z_image_turbo",
+                    _Z_DIR,
+                    (_Z_MODEL, _Z_TEXT_ENCODER, _Z_VAE),
+                    (_Z_MODEL, _Z_TEXT_ENCODER, _Z_VAE),
+                ),
+                HubSource(
+                    "ostris/zimage_turbo_training_adapter",
+                    _Z_ADAPTER_DIR,
+                    (_Z_ADAPTER,),
+                    (_Z_ADAPTER,),
+                ),
+            ),
         ),
     )
 }
