@@ -28,8 +28,9 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Two pytest workers: the fault tests spend much of their time waiting on real processes.
 test: lint typecheck
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=10
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py
