@@ -17,7 +17,7 @@ import structlog
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
 from contracts.enums import EventType
-from contracts.events import CloudEvent, ProgressData
+from contracts.events import CloudEvent, EventData, ProgressData
 from infra.volume import JobStore
 
 log = structlog.get_logger("loraq.events")
@@ -53,8 +53,10 @@ class EventPublisher:
         self._last_progress: dict[str, float] = {}
         self._outbox: list[tuple[EventSink, CloudEvent]] = []
 
-    async def publish(self, event_type: EventType, data: object, *, model_type: str | None) -> None:
-        event = CloudEvent.of(event_type, data, source=self._source, model_type=model_type)  # type: ignore[arg-type]
+    async def publish(
+        self, event_type: EventType, data: EventData, *, model_type: str | None
+    ) -> None:
+        event = CloudEvent.of(event_type, data, source=self._source, model_type=model_type)
         if self._throttled(event_type, data):
             return
         self._store.append_event(event)
@@ -67,7 +69,7 @@ class EventPublisher:
         if event_type.is_terminal:
             self._last_progress.pop(event.subject, None)
 
-    def _throttled(self, event_type: EventType, data: object) -> bool:
+    def _throttled(self, event_type: EventType, data: EventData) -> bool:
         if event_type is not EventType.JOB_PROGRESS or not isinstance(data, ProgressData):
             return False
         now = self._clock()

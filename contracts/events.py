@@ -16,25 +16,27 @@ from contracts.enums import ErrorCode, EventType, ModelType, StageName
 from contracts.result import JobResult
 
 
-class _Data(BaseModel):
+class EventData(BaseModel):
+    """What every event's data carries: the job it is about."""
+
     model_config = ConfigDict(extra="forbid")
 
     job_id: str
 
 
-class AcceptedData(_Data):
+class AcceptedData(EventData):
     model_type: ModelType | None = None
     delivery: int = 1
     resumed: bool = False
 
 
-class StageData(_Data):
+class StageData(EventData):
     stage: StageName
     attempt: int = 1
     duration_s: float | None = None
 
 
-class ProgressData(_Data):
+class ProgressData(EventData):
     stage: StageName = StageName.TRAIN
     epoch: int | None = None
     step: int
@@ -45,14 +47,14 @@ class ProgressData(_Data):
     percent: float | None = None
 
 
-class CheckpointData(_Data):
+class CheckpointData(EventData):
     stage: StageName = StageName.TRAIN
     step: int
     epoch: int | None = None
     tag: str
 
 
-class InterruptedData(_Data):
+class InterruptedData(EventData):
     """The job stopped on this worker and will resume elsewhere (or here, after ``retry_in_s``)."""
 
     stage: StageName | None = None
@@ -63,7 +65,7 @@ class InterruptedData(_Data):
     attempt: int | None = None
 
 
-class FailedData(_Data):
+class FailedData(EventData):
     code: ErrorCode
     stage: StageName | None = None
     field: str | None = None
@@ -72,11 +74,11 @@ class FailedData(_Data):
     attempt: int | None = None
 
 
-class SucceededData(_Data, JobResult):
+class SucceededData(EventData, JobResult):
     """The seed's response, as the data of ``loraq.job.succeeded``."""
 
 
-DATA_MODELS: dict[EventType, type[_Data]] = {
+DATA_MODELS: dict[EventType, type[EventData]] = {
     EventType.JOB_ACCEPTED: AcceptedData,
     EventType.STAGE_STARTED: StageData,
     EventType.STAGE_COMPLETED: StageData,
@@ -104,7 +106,7 @@ class CloudEvent(BaseModel):
 
     @classmethod
     def of(
-        cls, event_type: EventType, data: _Data, *, source: str, model_type: str | None = None
+        cls, event_type: EventType, data: EventData, *, source: str, model_type: str | None = None
     ) -> CloudEvent:
         if not isinstance(data, DATA_MODELS[event_type]):
             raise TypeError(f"{event_type} takes {DATA_MODELS[event_type].__name__}")
@@ -116,7 +118,7 @@ class CloudEvent(BaseModel):
             loraqmodeltype=model_type,
         )
 
-    def payload(self) -> _Data:
+    def payload(self) -> EventData:
         """The typed data, validated against this event type's model."""
         return DATA_MODELS[self.type].model_validate(self.data)
 
