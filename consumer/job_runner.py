@@ -18,7 +18,7 @@ from consumer.events import EventPublisher, EventsUndelivered
 from consumer.heartbeat import RECEIPT_LIMIT_S, Heartbeat
 from consumer.job import Job
 from consumer.messages import Rejection, parse_request
-from consumer.outcomes import Outcomes
+from consumer.outcomes import MAX_SEND_DELAY_S, Outcomes
 from consumer.policy import RetryPolicy
 from contracts.enums import ErrorCode, EventType, JobStatus, StageName
 from contracts.events import AcceptedData, FailedData, SucceededData
@@ -33,8 +33,6 @@ from stages.errors import Interrupted, Retryable, StageFailure
 from stages.pipeline import StageHook, preflight, run_stages
 
 log = structlog.get_logger("loraq.job")
-
-MAX_SEND_DELAY_S = 900  # SQS's DelaySeconds limit
 
 
 class JobRunner:
@@ -70,10 +68,10 @@ class JobRunner:
             try:
                 await self._handle_job(job)
             except EventsUndelivered as exc:
-                # The outcome is in the ledger; keep the message so that a redelivery
-                # publishes it again once the sinks are back.
+                # The outcome is in the ledger; a delayed copy of the message comes back to
+                # publish it again once the sinks are back.
                 log.warning("terminal_event_undelivered", error=str(exc))
-                await self._outcomes.settle(job, visible_in=self._policy.delay_s(1))
+                await self._outcomes.hold_back(job, self._policy.delay_s(1))
 
     async def _handle_job(self, job: Job) -> None:
         if await self._replay_finished(job):
@@ -119,8 +117,9 @@ class JobRunner:
         delay = int(min(max(remaining + 1, 1), RECEIPT_LIMIT_S - 60))
         log.info("job_leased_elsewhere", holder=lease.worker_id, retry_in_s=delay)
         if self._policy.is_final(job.message.receive_count):
+            # The job id is pinned: a body without one would otherwise become a new job.
             await self._queue.send(
-                job.message.body,
+                job.continuation_body(),
                 attributes=job.message.attributes,
                 delay_s=min(delay, MAX_SEND_DELAY_S),
             )
@@ -131,18 +130,18 @@ class JobRunner:
     async def _replay_finished(self, job: Job) -> bool:
         """A finished job received again publishes its stored outcome instead of re-running.
 
-        A continuation of a finished job is only a safety net that outlived its run: the
-        terminal event is already out, so it is removed without a second one.
+        A continuation of a finished job whose terminal event is out is only a safety net that
+        outlived its run: it is removed without a second event.
         """
         ledger = self._store.load_ledger(job.job_id)
         if ledger is None or ledger.status is JobStatus.RUNNING:
             return False
-        if job.is_continuation:
+        if job.is_continuation and ledger.terminal_published:
             await self._queue.delete(job.message)
             return True
         if ledger.status is JobStatus.SUCCEEDED and (result := self._store.load_result(job.job_id)):
             data: Any = SucceededData(**result.model_dump())
-            await self._outcomes.emit(job, EventType.JOB_SUCCEEDED, data)
+            await self._outcomes.emit_terminal(job, EventType.JOB_SUCCEEDED, data)
         else:
             await self._outcomes.publish_failed(job, ledger, attempt=ledger.failed_attempts)
         await self._queue.delete(job.message)
@@ -219,6 +218,7 @@ class JobRunner:
             emit=lambda event_type, data: self._outcomes.emit(job, event_type, data),
             stop_requested=stop,
             s3=self._s3,
+            redact=job.redactor,
         )
         try:
             await run_stages(ctx, self._store.save_ledger, self._hook)

@@ -25,6 +25,8 @@ from stages.errors import Interrupted, StageFailure
 
 log = structlog.get_logger("loraq.job")
 
+MAX_SEND_DELAY_S = 900  # SQS's DelaySeconds limit
+
 
 class Outcomes:
     def __init__(
@@ -57,8 +59,31 @@ class Outcomes:
         await asyncio.shield(self._finish_succeeded(job, SucceededData(**result.model_dump())))
 
     async def _finish_succeeded(self, job: Job, data: SucceededData) -> None:
-        await self.emit(job, EventType.JOB_SUCCEEDED, data)
+        await self.emit_terminal(job, EventType.JOB_SUCCEEDED, data)
         await self.settle(job, delete=True)
+
+    async def emit_terminal(self, job: Job, event_type: EventType, data: Any) -> None:
+        """Publish a terminal event and remember in the ledger that every sink has it."""
+        await self.emit(job, event_type, data)
+        ledger = self._store.load_ledger(job.job_id)
+        if ledger is not None and not ledger.terminal_published:
+            ledger.terminal_published = True
+            self._store.save_ledger(ledger)
+
+    async def hold_back(self, job: Job, delay_s: int) -> None:
+        """The terminal event could not go out: come back later without spending a receive.
+
+        A fresh copy (a continuation) is sent with a delay and the current message deleted, so
+        a long outage of the event sinks never walks the message into the dead-letter queue.
+        """
+        message = job.current_message
+        await self._queue.send(
+            job.continuation_body(),
+            attributes={CONTINUATION_ATTRIBUTE: job.job_id},
+            delay_s=min(delay_s, MAX_SEND_DELAY_S),
+        )
+        if message is not None:
+            await self._queue.delete(message)
 
     async def interrupted(
         self, job: Job, stop: Interrupted, token: LeaseToken, *, lease_lost: bool
@@ -153,7 +178,7 @@ class Outcomes:
             field=error.field,
             message=job.redactor(error.message),
         )
-        await self.emit(job, EventType.JOB_FAILED, data)
+        await self.emit_terminal(job, EventType.JOB_FAILED, data)
 
 
 def _failed_stage(ledger: Ledger) -> StageName | None:

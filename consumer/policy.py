@@ -1,9 +1,10 @@
 """One place that decides retries: when to try again and when to give up.
 
 Stages retry transient faults themselves (tenacity, seconds). What still fails comes back
-through SQS: the message is made visible again after a growing delay, and after the queue's
-``maxReceiveCount`` deliveries the job fails for good and the redrive policy moves the message
-to the dead-letter queue.
+through SQS: the message is made visible again after a growing delay. Failed attempts are
+counted in the ledger; at ``max_receives`` of them (or when SQS's own receive count says the
+next receive would dead-letter the message) the job fails for good, and the redrive policy
+moves the message to the dead-letter queue.
 """
 
 from __future__ import annotations

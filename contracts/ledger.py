@@ -47,6 +47,8 @@ class Ledger(BaseModel):
     deliveries: int = 0
     # Attempts that ended in a failure; the retry policy counts these, not SQS receives.
     failed_attempts: int = 0
+    # The terminal event reached every sink: a leftover continuation can then go silently.
+    terminal_published: bool = False
     # Set when the job failed for good: what ``loraq.job.failed`` said, replayed on redelivery.
     error: StageError | None = None
     failed_stage: StageName | None = None

@@ -40,8 +40,9 @@ class Settings(BaseSettings):
     heartbeat_interval: float | None = Field(default=None, gt=0)
     lease_ttl: int | None = Field(default=None, ge=10)
     wait_time_seconds: int = Field(default=20, ge=0, le=20)
-    # Received this many times, a failing job is failed for good (the queue's redrive policy
-    # moves it to the DLQ on the next receive). None: read the queue's own maxReceiveCount.
+    # After this many failed attempts a job fails for good (and the queue's redrive policy
+    # moves its message to the DLQ). None: the queue's own maxReceiveCount; a larger value is
+    # clamped to it, since SQS would dead-letter the message first without a job.failed.
     max_receives: int | None = Field(default=None, ge=1)
     shutdown_grace_s: float = Field(default=90.0, gt=0)
     # SQS caps one receipt at 12 h of invisibility: hand the job to a continuation message
@@ -67,6 +68,27 @@ class Settings(BaseSettings):
     # The Hugging Face Hub to provision weights from; None: huggingface_hub's own default
     # (HF_ENDPOINT, else https://huggingface.co). Tests point it at a local Hub.
     hf_endpoint: str | None = None
+
+    # Video captioning with Gemini (the key comes with each request, never from here).
+    # None: google-genai's own endpoint. Tests point it at a local Gemini-compatible server.
+    gemini_base_url: str | None = None
+    # Model names are retired often: the first that exists (no 404) and answers wins.
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_fallback_models: list[str] = Field(default_factory=lambda: ["gemini-2.0-flash"])
+    gemini_prompt: str = (
+        "Describe this video for training a video generation model, in one paragraph of plain "
+        "prose: the subjects, their appearance and actions, the setting, camera movement, "
+        "lighting and style. Do not start with 'This video' and do not use lists."
+    )
+    # Upload → ACTIVE usually takes seconds; a file still processing after this is retried later.
+    gemini_active_timeout_s: float = Field(default=300.0, gt=0)
+    gemini_poll_interval_s: float = Field(default=2.0, gt=0)
+    # Per call, on 429/5xx: attempts, and the backoff when the reply names no Retry-After.
+    gemini_max_attempts: int = Field(default=6, ge=1)
+    gemini_retry_wait_s: float = Field(default=2.0, ge=0)
+    gemini_retry_max_wait_s: float = Field(default=60.0, ge=0)
+    # Files captioned at once per job (uploads, polls and generate calls all count).
+    caption_concurrency: int = Field(default=4, ge=1, le=64)
 
     @property
     def heartbeat_every(self) -> float:

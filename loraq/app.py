@@ -86,6 +86,9 @@ async def run_worker(
 async def _retry_policy(queue: SqsJobQueue, settings: Settings) -> RetryPolicy:
     from_queue = await queue.max_receive_count()
     max_receives = settings.max_receives or from_queue or DEFAULT_MAX_RECEIVES
+    if from_queue is not None and max_receives > from_queue:
+        log.warning("max_receives_clamped", configured=max_receives, queue=from_queue)
+        max_receives = from_queue
     # With a lower limit than the queue's, SQS would not dead-letter our last attempt: it
     # is deleted after its job.failed instead of coming back to be failed again.
     dead_letters = from_queue is not None and max_receives >= from_queue

@@ -36,6 +36,8 @@ class StageContext:
     # Set by the worker's shutdown: long stages save their progress and raise Interrupted.
     stop_requested: asyncio.Event
     s3: S3Objects | None = None
+    # Masks the request's secrets: every message a stage records passes through it.
+    redact: Callable[[str], str] = str
 
     def output_of(self, stage: StageName, key: str) -> Scalar:
         return self.ledger.stage(stage).outputs.get(key)

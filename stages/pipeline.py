@@ -7,6 +7,7 @@ runner does that stage again from scratch, trusting nothing it left.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from types import ModuleType
@@ -18,7 +19,7 @@ from contracts.request import JobInput
 from infra.volume import utcnow
 from stages import caption, configure, fetch, provision, publish, train
 from stages.context import StageContext
-from stages.errors import Interrupted, Permanent, StageFailure
+from stages.errors import Interrupted, Permanent, Retryable, StageFailure
 from stages.registry import spec_for
 
 STAGES: tuple[ModuleType, ...] = (fetch, caption, configure, provision, train, publish)
@@ -31,6 +32,7 @@ StageHook = Callable[[StageName, Callable[[], Awaitable[None]]], Awaitable[None]
 def preflight(request: JobInput) -> None:
     """Refuse, before any download, a request that this worker can never complete."""
     _check_media(request)
+    _check_captioning(request)
     if request.output.method not in publish.SUPPORTED_METHODS:
         supported = ", ".join(sorted(m.value for m in publish.SUPPORTED_METHODS))
         raise Permanent(
@@ -68,6 +70,34 @@ def _check_media(request: JobInput) -> None:
         )
 
 
+def _check_captioning(request: JobInput) -> None:
+    """Videos to caption need the caller's Gemini key: say so before downloading anything."""
+    if request.dataset.type in caption.CAPTIONED_TYPES and request.api_keys.gemini_api_key is None:
+        raise Permanent(
+            ErrorCode.INVALID_REQUEST,
+            f"dataset.type '{request.dataset.type}' has its videos captioned by Gemini: send "
+            "api_keys.gemini_api_key, or send captions and use dataset.type 'precaptioned'",
+            field=caption.GEMINI_KEY_FIELD,
+        )
+
+
+def _record_failure(
+    ctx: StageContext,
+    record: StageRecord,
+    failure: StageFailure,
+    save_ledger: Callable[[Ledger], None],
+) -> None:
+    failure.message = ctx.redact(failure.message)
+    record.status = StageStatus.FAILED
+    record.error = StageError(
+        code=failure.code,
+        message=failure.message,
+        field=failure.field,
+        retryable=failure.retryable,
+    )
+    save_ledger(ctx.ledger)
+
+
 async def run_stages(
     ctx: StageContext, save_ledger: Callable[[Ledger], None], hook: StageHook
 ) -> None:
@@ -96,15 +126,14 @@ async def run_stages(
         try:
             await hook(name, body)
         except StageFailure as failure:
-            record.status = StageStatus.FAILED
-            record.error = StageError(
-                code=failure.code,
-                message=failure.message,
-                field=failure.field,
-                retryable=failure.retryable,
-            )
-            save_ledger(ctx.ledger)
+            _record_failure(ctx, record, failure, save_ledger)
             raise
+        except (Interrupted, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a bug in a stage: this attempt fails, the stage is known
+            crash = Retryable(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            _record_failure(ctx, record, crash, save_ledger)
+            raise crash from exc
         record.status = StageStatus.COMPLETED
         record.completions += 1
         record.completed_at = utcnow()

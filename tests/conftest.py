@@ -71,8 +71,10 @@ def send_job(stack: LocalStack, body: dict[str, Any] | str) -> str:
 def queue_depth(stack: LocalStack, url: str) -> int:
     attrs = stack.client("sqs").get_queue_attributes(
         QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        AttributeNames=[
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ],
     )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]) + int(
-        attrs["ApproximateNumberOfMessagesNotVisible"]
-    )
+    return sum(int(value) for value in attrs.values())

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from consumer.events import EventPublisher
 from consumer.heartbeat import CONTINUATION_ATTRIBUTE
 from consumer.job_runner import JobRunner
@@ -126,19 +128,28 @@ async def test_a_deferred_message_is_refreshed_before_sqs_would_dead_letter_it(
     """GIVEN a live lease and a message at its last allowed receive WHEN deferred THEN a fresh
     copy (same body and attributes) replaces it instead of letting SQS dead-letter a live job."""
     runner, queue, _, store = _runner(tmp_path)
-    store.acquire_lease("job-1", "other", ttl_s=60)
-    await runner.handle(_message(_body(), receive_count=3, **{CONTINUATION_ATTRIBUTE: "job-1"}))
+    store.acquire_lease("msg-1", "other", ttl_s=60)  # a body without job_id: the message id
+    anonymous = json.loads(_body())
+    del anonymous["input"]["job_id"]
+    await runner.handle(_message(json.dumps(anonymous), receive_count=3, extra="kept"))
     assert queue.deleted == ["msg-1"]
     ((body, attributes, delay),) = queue.sent
-    assert body == _body() and attributes == {CONTINUATION_ATTRIBUTE: "job-1"} and delay > 0
+    # The copy names the same job, or it would become a second job with a new message id.
+    assert json.loads(body)["input"]["job_id"] == "msg-1"
+    assert attributes == {"extra": "kept"} and delay > 0
 
 
 async def test_a_continuation_of_a_finished_job_is_removed_silently(tmp_path: Path) -> None:
-    """GIVEN a succeeded job WHEN its continuation arrives THEN it is deleted, no second event."""
+    """GIVEN a failed job whose terminal event went out WHEN its continuation arrives THEN it is
+    deleted with no second event; had the event not gone out, it is published first."""
     runner, queue, sink, store = _runner(tmp_path)
-    _ledger(store, "job-1", JobStatus.SUCCEEDED)
+    _ledger(store, "job-1", JobStatus.FAILED)
     await runner.handle(_message(_body(), **{CONTINUATION_ATTRIBUTE: "job-1"}))
-    assert queue.deleted == ["msg-1"] and sink.events == []
+    assert [e.type for e in sink.events] == [EventType.JOB_FAILED]  # not yet published: now
+    ledger = store.load_ledger("job-1")
+    assert ledger is not None and ledger.terminal_published
+    await runner.handle(_message(_body(), **{CONTINUATION_ATTRIBUTE: "job-1"}))
+    assert len(sink.events) == 1 and queue.deleted == ["msg-1", "msg-1"]
 
 
 async def test_a_request_this_worker_cannot_serve_fails_once_with_the_qualified_field(
@@ -170,3 +181,27 @@ async def test_an_expired_lease_does_not_block(tmp_path: Path) -> None:
     atomic_write_text(store.paths("job-1").lease, stale.model_dump_json())
     await runner.handle(_message(_body(output={"method": "litterbox"})))
     assert sink.events[0].type is EventType.JOB_ACCEPTED
+
+
+async def test_a_crashing_stage_is_named_and_its_message_scrubbed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN a stage that raises an unexpected error echoing a secret WHEN the job runs THEN
+    the ledger names that stage with internal_error, and neither the ledger nor the event
+    holds the secret."""
+    from stages import fetch
+
+    secret = "hf_crashcrashcrashcrashcrash12345"
+
+    async def explode(ctx: object) -> None:
+        raise RuntimeError(f"boom with {secret}")
+
+    monkeypatch.setattr(fetch, "run", explode)
+    runner, _, sink, store = _runner(tmp_path)
+    await runner.handle(_message(_body(api_keys={"huggingface_token": secret})))
+    interrupted = [e for e in sink.events if e.type is EventType.JOB_INTERRUPTED]
+    assert interrupted and interrupted[0].data["stage"] == "fetch"
+    assert interrupted[0].data["code"] == "internal_error"
+    state = store.paths("job-1").ledger.read_text()
+    assert '"fetch"' in state and "internal_error" in state and secret not in state
+    assert all(secret not in e.model_dump_json() for e in sink.events)
