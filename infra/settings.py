@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     transient_retry_wait_s: float = Field(default=1.0, ge=0)
     retry_base_delay_s: int = Field(default=30, ge=0, le=900)
 
+    # A trainer whose loss stays NaN/inf this many steps in a row is stopped (0: never).
+    max_nonfinite_loss_steps: int = Field(default=20, ge=0)
+
     progress_interval_s: float = Field(default=5.0, ge=0)
 
     diffusion_pipe_dir: Path = Path("/opt/diffusion-pipe")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from contracts.enums import ErrorCode, EventType, StageName
 from contracts.events import CheckpointData, ProgressData
 from stages.configure import TRAIN_TOML
 from stages.context import StageContext, StageOutcome
-from stages.errors import Interrupted, Retryable
+from stages.errors import Interrupted, Permanent, Retryable
 from stages.registry import spec_for
 from stages.trainer.launcher import (
     TrainerProcess,
@@ -40,6 +41,22 @@ LOG_FILE = "logs/train.log"
 _TAIL_LINES = 20
 
 
+class Diverged(Permanent):
+    """The loss has been NaN or infinite for too many steps in a row.
+
+    diffusion-pipe trains on regardless, burning GPU hours on a LoRA that is already garbage;
+    the same settings would diverge again, so the job fails for good and says which to change.
+    """
+
+    def __init__(self, steps: int) -> None:
+        super().__init__(
+            ErrorCode.TRAINING_FAILED,
+            f"the loss was not finite for {steps} steps in a row; lower the learning rate "
+            "or use a higher-precision dtype",
+            field="input.training.learning_rate",
+        )
+
+
 class _Watch:
     """Turns trainer lines into events and remembers what a caller needs afterwards."""
 
@@ -50,11 +67,13 @@ class _Watch:
         self.complete = False
         self.quit = False
         self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        self._bad_losses = 0
 
     async def line(self, text: str) -> None:
         self.tail.append(text)
         parsed = parse_line(text)
         if isinstance(parsed, StepLine):
+            self._check_finite(parsed.loss)
             self.progress.record(parsed.step, parsed.iter_time_s)
             await self._progress(parsed)
             await self.check_checkpoint()
@@ -64,6 +83,12 @@ class _Watch:
             self.complete = True
         elif isinstance(parsed, QuitLine):
             self.quit = True
+
+    def _check_finite(self, loss: float) -> None:
+        limit = self.ctx.settings.max_nonfinite_loss_steps
+        self._bad_losses = 0 if math.isfinite(loss) else self._bad_losses + 1
+        if limit and self._bad_losses >= limit:
+            raise Diverged(self._bad_losses)
 
     async def _progress(self, parsed: StepLine) -> None:
         p = self.progress

@@ -82,3 +82,58 @@ def test_saved_models_need_the_lora_file(tmp_path: Path) -> None:
         "epoch5",
         "epoch10",
     ]
+
+
+async def test_a_loss_that_stays_nan_stops_the_job_for_good(tmp_path: Path) -> None:
+    """GIVEN step lines WHEN the loss is NaN for 19 steps, then finite, then NaN for 20 THEN
+    only the 20th consecutive NaN stops training, as a permanent failure naming the lr."""
+    import asyncio
+
+    import pytest
+
+    from contracts.enums import ModelType
+    from contracts.ledger import Ledger
+    from contracts.request import JobRequest
+    from infra.settings import Settings
+    from infra.volume import JobStore, utcnow
+    from stages.context import StageContext
+    from stages.train import Diverged, _Watch
+
+    async def ignore(*_: object) -> None:
+        return None
+
+    store = JobStore(tmp_path)
+    now = utcnow()
+    request = JobRequest.model_validate(
+        {
+            "input": {
+                "model_type": "tiny",
+                "dataset": {"type": "precaptioned", "images_url": "https://x/y.zip"},
+            }
+        }
+    )
+    ctx = StageContext(
+        job_id="j",
+        request=request.input,
+        paths=store.paths("j"),
+        store=store,
+        settings=Settings(queue_url="q", volume=tmp_path),
+        ledger=Ledger(job_id="j", model_type=ModelType.TINY, created_at=now, updated_at=now),
+        emit=ignore,
+        stop_requested=asyncio.Event(),
+    )
+    watch = _Watch(ctx, total_steps=100, resumed_tag=None)
+    step = 0
+
+    async def feed(loss: str, count: int) -> None:
+        nonlocal step
+        for _ in range(count):
+            step += 1
+            await watch.line(f"steps: {step} loss: {loss} iter time (s): 0.1 samples/sec: 1.0")
+
+    await feed("nan", 19)
+    await feed("0.5", 1)
+    await feed("nan", 19)
+    with pytest.raises(Diverged) as caught:
+        await feed("nan", 1)
+    assert caught.value.field == "input.training.learning_rate" and not caught.value.retryable
