@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from contracts.enums import ErrorCode, StageName
@@ -17,11 +18,14 @@ from infra.download import DownloadFailed, DownloadRefused, download_http
 from infra.s3 import parse_s3_url
 from stages.context import StageContext, StageOutcome
 from stages.errors import Permanent, Retryable
+from stages.media import IMAGE_SUFFIXES as IMAGE_SUFFIXES
+from stages.media import VIDEO_SUFFIXES as VIDEO_SUFFIXES
+from stages.media import problem_with
 
 NAME = StageName.FETCH
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
 CAPTION_SUFFIX = ".txt"
+
+log = structlog.get_logger(__name__)
 
 
 async def run(ctx: StageContext) -> StageOutcome:
@@ -39,9 +43,17 @@ async def run(ctx: StageContext) -> StageOutcome:
         field = f"dataset.{kind}_url"
         archive = ctx.paths.work / f"{kind}.zip"
         size = await _download(ctx, url, archive, field)
-        count = _extract(archive, ctx.paths.work / f"{kind}.partial", final, suffixes, field)
+        count, rejected = _extract(
+            archive, ctx.paths.work / f"{kind}.partial", final, suffixes, field
+        )
         archive.unlink(missing_ok=True)
         outputs[f"{kind}_count"] = count
+        # The warning travels in the ledger (stage outputs) and the log: unreadable files were
+        # dropped, the rest of the dataset trains.
+        outputs[f"{kind}_rejected"] = ", ".join(rejected) or None
+        outputs[f"{kind}_rejected_count"] = len(rejected)
+        if rejected:
+            log.warning("media_rejected", kind=kind, files=rejected)
         outputs[f"{kind}_bytes"] = size
     return StageOutcome(outputs)
 
@@ -83,7 +95,8 @@ async def _download_once(ctx: StageContext, url: str, dest: Path) -> int:
 
 def _extract(
     archive: Path, partial: Path, final: Path, suffixes: frozenset[str], field: str
-) -> int:
+) -> tuple[int, list[str]]:
+    """Extract, drop what is not media, then drop media that does not open; return both."""
     shutil.rmtree(partial, ignore_errors=True)
     try:
         files = safe_extract(archive, partial)
@@ -94,13 +107,27 @@ def _extract(
     for stray in files:
         if stray.suffix.lower() not in suffixes and stray.suffix.lower() != CAPTION_SUFFIX:
             stray.unlink()
-    if not media:
+    rejected = _drop_unreadable(media, partial)
+    usable = [m for m in media if m.exists()]
+    if not usable:
         shutil.rmtree(partial, ignore_errors=True)
+        why = f"; unreadable: {', '.join(rejected)}" if rejected else ""
         raise Permanent(
             ErrorCode.DATASET_INVALID,
-            f"the archive holds no supported files ({', '.join(sorted(suffixes))})",
+            f"the archive holds no usable files ({', '.join(sorted(suffixes))}){why}",
             field=field,
         )
     final.parent.mkdir(parents=True, exist_ok=True)
     partial.rename(final)
-    return len(media)
+    return len(usable), rejected
+
+
+def _drop_unreadable(media: list[Path], root: Path) -> list[str]:
+    """Remove media that does not open (and its caption); return their archive paths."""
+    rejected = []
+    for item in media:
+        if problem_with(item) is not None:
+            item.unlink()
+            item.with_suffix(CAPTION_SUFFIX).unlink(missing_ok=True)
+            rejected.append(str(item.relative_to(root)))
+    return sorted(rejected)

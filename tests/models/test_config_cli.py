@@ -33,6 +33,7 @@ def _body(**changes: Any) -> dict[str, Any]:
         },
         "training": {"epochs": 3, "min_t": 0.2},
         "output": {"method": "s3", "s3": {"bucket": "loras"}},
+        "api_keys": {"gemini_api_key": "AIzaConfigCliTestKey"},  # its videos need captions
     }
     request.update(changes)
     return {"input": request}

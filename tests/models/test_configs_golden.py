@@ -247,6 +247,9 @@ def _job(model_type: str, dataset: str, **training: Any) -> JobInput:
             "dataset": DATASETS[dataset][0],
             "training": training,
             "output": {"method": "local"},  # a method every worker has: only media rules apply
+            # Videos to caption need a Gemini key (checked by preflight); these tests are
+            # about the media rules, so every job carries one.
+            "api_keys": {"gemini_api_key": "AIzaGoldenTestKey"},
         }
     }
     return JobRequest.model_validate(body).input

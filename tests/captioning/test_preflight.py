@@ -1,0 +1,92 @@
+"""A dataset whose videos need Gemini captions, sent without a Gemini key, is refused first."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from contracts.enums import ErrorCode, EventType
+from infra.local_stack import LocalStack
+from infra.settings import Settings
+from loraq.app import run_worker
+from stages.errors import Permanent
+from stages.pipeline import preflight
+from tests.captioning.conftest import make_request
+from tests.conftest import send_job, wait_for_terminal
+
+
+@pytest.mark.parametrize("dataset_type", ["videos", "both"])
+def test_preflight_refuses_videos_to_caption_without_a_key(dataset_type: str) -> None:
+    """GIVEN a videos/both dataset and no api_keys.gemini_api_key WHEN preflight runs
+    THEN it refuses with invalid_request on input.api_keys.gemini_api_key."""
+    with pytest.raises(Permanent) as refused:
+        preflight(make_request(dataset_type, key=None).input)
+    assert refused.value.code is ErrorCode.INVALID_REQUEST
+    assert refused.value.field == "input.api_keys.gemini_api_key"
+
+
+def test_preflight_accepts_a_key_or_precaptioned_videos() -> None:
+    """GIVEN a key, or precaptioned videos without one WHEN preflight runs THEN it passes."""
+    preflight(make_request("videos").input)
+    preflight(make_request("precaptioned", key=None).input)
+
+
+class _Counting(http.server.BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_GET(self) -> None:
+        type(self).hits += 1
+        self.send_response(404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def dataset_host() -> Iterator[tuple[str, type[_Counting]]]:
+    handler = type("Handler", (_Counting,), {"hits": 0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/videos.zip", handler
+    finally:
+        server.shutdown()
+
+
+async def test_a_worker_refuses_it_before_any_download(
+    stack: LocalStack, tmp_path: Path, dataset_host: tuple[str, type[_Counting]]
+) -> None:
+    """GIVEN a Wan videos job without a Gemini key on the real queue WHEN a worker runs
+    THEN it publishes job.failed (invalid_request, input.api_keys.gemini_api_key, not
+    retryable) and the dataset host never saw a request."""
+    url, handler = dataset_host
+    body = make_request("videos", key=None).model_dump(mode="json")
+    body["input"]["dataset"]["videos_url"] = url
+    body["input"]["job_id"] = "no-key"
+    send_job(stack, body)
+    settings = Settings(
+        queue_url=stack.queue_url,
+        topic_arn=stack.topic_arn,
+        volume=tmp_path,
+        fetch_allow=["127.0.0.1"],
+        wait_time_seconds=1,
+        visibility_timeout=30,
+    )
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(settings, stop=stop))
+    try:
+        events = await asyncio.to_thread(wait_for_terminal, stack, {"no-key"}, 60)
+    finally:
+        stop.set()
+        await worker
+
+    failed = [e for e in events if e.type is EventType.JOB_FAILED]
+    assert len(failed) == 1 and failed[0].data["code"] == "invalid_request"
+    assert failed[0].data["field"] == "input.api_keys.gemini_api_key"
+    assert failed[0].data["retryable"] is False and handler.hits == 0
