@@ -69,6 +69,9 @@ class ModelSpec:
     lora_file: str = "adapter_model.safetensors"
     sources: tuple[HubSource, ...] = ()
     builtin: bool = False
+    # Latents and text embeddings are cached by a separate ``--cache_only`` run, recorded in
+    # the ledger, so a crash after caching never pays for it again. ``tiny`` caches nothing.
+    caches_latents: bool = True
 
     @property
     def gated(self) -> bool:
@@ -166,6 +169,7 @@ MODELS: dict[ModelType, ModelSpec] = {
             images=True,
             max_resolution=32,
             builtin=True,
+            caches_latents=False,
         ),
         ModelSpec(
             ModelType.FLUX,

@@ -18,7 +18,7 @@ from contracts.events import CheckpointData, ProgressData
 from stages.configure import TRAIN_TOML
 from stages.context import StageContext, StageOutcome
 from stages.errors import Interrupted, Permanent, Retryable
-from stages.registry import spec_for
+from stages.registry import ModelSpec, spec_for
 from stages.trainer.launcher import (
     TrainerProcess,
     build_launch,
@@ -38,6 +38,8 @@ from stages.trainer.run_dirs import checkpoint_in, newest_checkpoint, newest_run
 
 NAME = StageName.TRAIN
 LOG_FILE = "logs/train.log"
+LATENTS_CACHED = "latents_cached"
+CACHING_STARTED = "caching_started"
 _TAIL_LINES = 20
 
 
@@ -122,10 +124,13 @@ class _Watch:
 
 async def run(ctx: StageContext) -> StageOutcome:
     spec = spec_for(ctx.request.model_type)
+    cached = await _cache_latents(ctx, spec)
     total = ctx.output_of(StageName.CONFIGURE, "total_steps")
     resume = newest_checkpoint(ctx.paths.output)
     clear_control_files(ctx.paths.output)
-    launch = build_launch(ctx.settings, spec, ctx.paths.config / TRAIN_TOML, resume=resume)
+    launch = build_launch(
+        ctx.settings, spec, ctx.paths.config / TRAIN_TOML, resume=resume, trust_cache=cached
+    )
     watch = _Watch(
         ctx, int(total) if isinstance(total, int) else None, resume.tag if resume else None
     )
@@ -143,7 +148,46 @@ async def run(ctx: StageContext) -> StageOutcome:
     await watch.check_checkpoint()
     if interrupted:
         raise Interrupted("the worker is shutting down", stage=NAME, step=watch.progress.step)
-    return _outcome(ctx, watch, code, spec.lora_file)
+    outcome = _outcome(ctx, watch, code, spec.lora_file)
+    outcome.outputs[LATENTS_CACHED] = cached
+    return outcome
+
+
+async def _cache_latents(ctx: StageContext, spec: ModelSpec) -> bool:
+    """Cache latents in a run of its own, recorded in the ledger before training starts.
+
+    diffusion-pipe keeps the cache beside the dataset, inside the job directory. A caching run
+    that died half way is redone with ``--regenerate_cache``, so a torn cache is never trusted;
+    a finished one is trusted (``--trust_cache``) without re-fingerprinting the dataset.
+    """
+    record = ctx.ledger.stage(NAME)
+    if not spec.caches_latents:
+        return False
+    if record.outputs.get(LATENTS_CACHED) is True:
+        return True
+    torn = record.outputs.get(CACHING_STARTED) is True
+    record.outputs[CACHING_STARTED] = True
+    ctx.store.save_ledger(ctx.ledger)
+    launch = build_launch(
+        ctx.settings, spec, ctx.paths.config / TRAIN_TOML, cache_only=True, regenerate_cache=torn
+    )
+    log_path = ctx.paths.root / LOG_FILE
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    watch = _Watch(ctx, None, None)
+    process = await TrainerProcess.start(launch)
+    try:
+        interrupted = await _supervise(ctx, process, watch, log_path)
+        code = await process.wait()
+    finally:
+        process.kill_group()
+    if interrupted:
+        raise Interrupted("the worker is shutting down while caching", stage=NAME)
+    if code != 0:
+        tail = "\n".join(watch.tail)
+        raise Retryable(ErrorCode.TRAINING_FAILED, f"caching exited with code {code}:\n{tail}")
+    record.outputs[LATENTS_CACHED] = True
+    ctx.store.save_ledger(ctx.ledger)
+    return True
 
 
 async def _supervise(

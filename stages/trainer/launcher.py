@@ -86,6 +86,8 @@ def build_launch(
     resume: Checkpoint | None = None,
     master_port: int | None = None,
     cache_only: bool = False,
+    trust_cache: bool = False,
+    regenerate_cache: bool = False,
 ) -> Launch:
     script, cwd = trainer_script(spec, settings)
     argv = [
@@ -100,6 +102,10 @@ def build_launch(
         argv += ["--resume_from_checkpoint", resume.run_dir.name]
     if cache_only:
         argv.append("--cache_only")
+    if regenerate_cache:
+        argv.append("--regenerate_cache")
+    if trust_cache:
+        argv.append("--trust_cache")
     argv += ["--master_port", str(master_port or free_port())]
     return Launch(argv, cwd, trainer_env(settings))
 
