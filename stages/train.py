@@ -144,7 +144,7 @@ async def run(ctx: StageContext) -> StageOutcome:
         code = await process.wait()
     finally:
         # Whatever happened to us (cancelled, crashed), no rank of this job may outlive it.
-        process.kill_group()
+        process.finish()
     await watch.check_checkpoint()
     if interrupted:
         raise Interrupted("the worker is shutting down", stage=NAME, step=watch.progress.step)
@@ -179,7 +179,7 @@ async def _cache_latents(ctx: StageContext, spec: ModelSpec) -> bool:
         interrupted = await _supervise(ctx, process, watch, log_path)
         code = await process.wait()
     finally:
-        process.kill_group()
+        process.finish()
     if interrupted:
         raise Interrupted("the worker is shutting down while caching", stage=NAME)
     if code != 0:

@@ -23,6 +23,7 @@ Decisions where diffusion-pipe gives no answer for a CPU toy model:
 from __future__ import annotations
 
 import argparse
+import atexit
 import inspect
 import json
 import os
@@ -56,6 +57,7 @@ from stages.tiny_trainer.model import (
     sample_noise_and_t,
     tokenize,
 )
+from stages.trainer.shm import release_shared_memory
 
 DTYPE_MAP = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ALPHA_ERROR = (
@@ -615,6 +617,8 @@ def build_context(
     order (the run dir exists before the engine, the scheduler is set before any resume)."""
     seed_everything(int(config["seed"]))
     distributed_env(args)
+    # DeepSpeed's shm all-reduce never unlinks its /dev/shm buffer; remove ours on exit.
+    atexit.register(release_shared_memory, int(os.environ["MASTER_PORT"]))
     deepspeed.init_distributed()
     objective, targets = build_objective(config, resolution)
     run_dir = prepare_run_dir(args, config, resume)

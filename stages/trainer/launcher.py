@@ -24,6 +24,7 @@ from infra.settings import Settings
 from stages.registry import ModelSpec
 from stages.trainer.guard import die_with_parent
 from stages.trainer.run_dirs import Checkpoint
+from stages.trainer.shm import release_shared_memory
 
 # Never hand the worker's own credentials to the trainer: it needs none of them.
 _SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|CREDENTIAL|API_KEY|ACCESS_KEY)", re.I)
@@ -37,6 +38,7 @@ class Launch:
     argv: list[str]
     cwd: Path
     env: dict[str, str]
+    master_port: int
 
 
 def free_port() -> int:
@@ -106,15 +108,17 @@ def build_launch(
         argv.append("--regenerate_cache")
     if trust_cache:
         argv.append("--trust_cache")
-    argv += ["--master_port", str(master_port or free_port())]
-    return Launch(argv, cwd, trainer_env(settings))
+    port = master_port or free_port()
+    argv += ["--master_port", str(port)]
+    return Launch(argv, cwd, trainer_env(settings), port)
 
 
 class TrainerProcess:
     """One trainer run: its merged output as lines, a polite stop, and a hard one."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, master_port: int) -> None:
         self._process = process
+        self._master_port = master_port
 
     @classmethod
     async def start(cls, launch: Launch) -> TrainerProcess:
@@ -137,7 +141,7 @@ class TrainerProcess:
             preexec_fn=die_with_parent,
             limit=1 << 20,
         )
-        return cls(process)
+        return cls(process, launch.master_port)
 
     @property
     def pid(self) -> int:
@@ -150,6 +154,11 @@ class TrainerProcess:
 
     async def wait(self) -> int:
         return await self._process.wait()
+
+    def finish(self) -> None:
+        """After the run, however it ended: no rank left alive, no shared memory left behind."""
+        self.kill_group()
+        release_shared_memory(self._master_port)
 
     def kill_group(self, sig: int = signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError):

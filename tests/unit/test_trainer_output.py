@@ -137,3 +137,19 @@ async def test_a_loss_that_stays_nan_stops_the_job_for_good(tmp_path: Path) -> N
     with pytest.raises(Diverged) as caught:
         await feed("nan", 1)
     assert caught.value.field == "input.training.learning_rate" and not caught.value.retryable
+
+
+def test_only_the_finished_runs_shared_memory_is_released(
+    tmp_path: Path, monkeypatch: object
+) -> None:
+    """GIVEN DeepSpeed buffers of two runs in /dev/shm WHEN one run is released THEN only its
+    buffers go (DeepSpeed never unlinks them; every CPU job used to leak 66 MB)."""
+    from stages.trainer import shm
+
+    monkeypatch.setattr(shm, "SHM_DIR", tmp_path)  # type: ignore[attr-defined]
+    mine = tmp_path / "deepspeed_allreduce_buffer_0_127.0.0.1_41234_0"
+    other = tmp_path / "deepspeed_allreduce_buffer_0_127.0.0.1_41235_0"
+    mine.write_bytes(b"x")
+    other.write_bytes(b"x")
+    assert shm.release_shared_memory(41234) == 1
+    assert not mine.exists() and other.exists()
