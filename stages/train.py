@@ -20,6 +20,7 @@ from stages.context import StageContext, StageOutcome
 from stages.errors import Interrupted, Permanent, Retryable
 from stages.registry import ModelSpec, spec_for
 from stages.trainer.launcher import (
+    Launch,
     TrainerProcess,
     build_launch,
     clear_control_files,
@@ -136,15 +137,7 @@ async def run(ctx: StageContext) -> StageOutcome:
     )
     if resume is not None:
         watch.progress.step = resume.step
-    log_path = ctx.paths.root / LOG_FILE
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    process = await TrainerProcess.start(launch)
-    try:
-        interrupted = await _supervise(ctx, process, watch, log_path)
-        code = await process.wait()
-    finally:
-        # Whatever happened to us (cancelled, crashed), no rank of this job may outlive it.
-        process.finish()
+    interrupted, code = await _run_trainer(ctx, launch, watch)
     await watch.check_checkpoint()
     if interrupted:
         raise Interrupted("the worker is shutting down", stage=NAME, step=watch.progress.step)
@@ -171,15 +164,8 @@ async def _cache_latents(ctx: StageContext, spec: ModelSpec) -> bool:
     launch = build_launch(
         ctx.settings, spec, ctx.paths.config / TRAIN_TOML, cache_only=True, regenerate_cache=torn
     )
-    log_path = ctx.paths.root / LOG_FILE
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     watch = _Watch(ctx, None, None)
-    process = await TrainerProcess.start(launch)
-    try:
-        interrupted = await _supervise(ctx, process, watch, log_path)
-        code = await process.wait()
-    finally:
-        process.finish()
+    interrupted, code = await _run_trainer(ctx, launch, watch)
     if interrupted:
         raise Interrupted("the worker is shutting down while caching", stage=NAME)
     if code != 0:
@@ -188,6 +174,19 @@ async def _cache_latents(ctx: StageContext, spec: ModelSpec) -> bool:
     record.outputs[LATENTS_CACHED] = True
     ctx.store.save_ledger(ctx.ledger)
     return True
+
+
+async def _run_trainer(ctx: StageContext, launch: Launch, watch: _Watch) -> tuple[bool, int]:
+    """One trainer process from start to exit: (stopped for a shutdown?, exit code)."""
+    log_path = ctx.paths.root / LOG_FILE
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    process = await TrainerProcess.start(launch)
+    try:
+        interrupted = await _supervise(ctx, process, watch, log_path)
+        return interrupted, await process.wait()
+    finally:
+        # Whatever happened to us (cancelled, crashed), no rank of this job may outlive it.
+        process.finish()
 
 
 async def _supervise(
