@@ -12,11 +12,14 @@ resumes the same job.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import signal
 import subprocess
 import sys
 from types import FrameType
+
+from stages.trainer.shm import release_shared_memory
 
 KILL_AFTER_S = 20
 
@@ -55,7 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_group)
     signal.signal(signal.SIGINT, _stop_group)
     child = subprocess.Popen(command)  # inherits our stdout and our process group
-    return child.wait()
+    code = child.wait()
+    # Also when the worker died and nobody else is left to clean up after the run.
+    if port := _master_port(command):
+        release_shared_memory(port)
+    return code
+
+
+def _master_port(command: list[str]) -> int | None:
+    for flag, value in itertools.pairwise(command):
+        if flag == "--master_port" and value.isdigit():
+            return int(value)
+    return None
 
 
 if __name__ == "__main__":

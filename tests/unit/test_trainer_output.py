@@ -153,3 +153,12 @@ def test_only_the_finished_runs_shared_memory_is_released(
     other.write_bytes(b"x")
     assert shm.release_shared_memory(41234) == 1
     assert not mine.exists() and other.exists()
+
+
+def test_the_guard_finds_the_runs_master_port_in_its_command() -> None:
+    """GIVEN the trainer command WHEN the guard cleans up after it THEN it knows the run's port."""
+    from stages.trainer.guard import _master_port
+
+    argv = ["deepspeed", "--num_gpus=1", "train.py", "--deepspeed", "--master_port", "4242"]
+    assert _master_port(argv) == 4242
+    assert _master_port(["deepspeed", "train.py"]) is None
