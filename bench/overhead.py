@@ -55,14 +55,7 @@ def bare_trainer(request: JobRequest, root: Path, settings: Settings) -> float:
 
 
 async def through_queue(stack: LocalStack, body: dict, volume: Path) -> float:
-    settings = Settings(
-        queue_url=stack.queue_url,
-        topic_arn=stack.topic_arn,
-        volume=volume,
-        fetch_allow=["127.0.0.1"],
-        wait_time_seconds=1,
-        progress_interval_s=5,
-    )
+    settings = stack.worker_settings(volume, progress_interval_s=5)
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(settings, stop=stop))
     started = time.perf_counter()

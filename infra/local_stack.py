@@ -11,10 +11,13 @@ import logging
 import socket
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
 from moto.server import ThreadedMotoServer
+
+from infra.settings import Settings
 
 REGION = "us-east-1"
 QUEUE_NAME = "loraq-jobs"
@@ -57,6 +60,22 @@ class LocalStack:
             # Private addresses are refused for dataset URLs; only this stack's own is allowed.
             "LORAQ_FETCH_ALLOW": json.dumps(["127.0.0.1"]),
         }
+
+    def worker_settings(self, volume: Path, **overrides: Any) -> Settings:
+        """Settings for a worker run in this process against this stack (demo, tests, benches).
+
+        Polls briefly so that a stop is quick, and may fetch datasets from the stack's own
+        S3 on 127.0.0.1 and nothing else private.
+        """
+        values: dict[str, Any] = {
+            "queue_url": self.queue_url,
+            "topic_arn": self.topic_arn,
+            "volume": volume,
+            "fetch_allow": ["127.0.0.1"],
+            "wait_time_seconds": 1,
+        }
+        values.update(overrides)
+        return Settings(**values)
 
     def client(self, service: str) -> Any:
         return boto3.client(

@@ -19,7 +19,6 @@ from aiobotocore.session import get_session
 
 from contracts.events import CloudEvent
 from infra.local_stack import LocalStack, start_local_stack
-from infra.settings import Settings
 from loraq.app import run_worker
 from loraq.sample_data import image_dataset_zip
 
@@ -118,14 +117,7 @@ async def run_demo(volume: Path, epochs: int = 10) -> int:
         request = demo_request(upload_dataset(stack), stack, job_id=job_id, epochs=epochs)
         stack.client("sqs").send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps(request))
         print(f"loraq demo: sent job {job_id} to {stack.queue_url}\n", flush=True)
-        settings = Settings(
-            queue_url=stack.queue_url,
-            topic_arn=stack.topic_arn,
-            volume=volume,
-            fetch_allow=["127.0.0.1"],
-            wait_time_seconds=1,
-            progress_interval_s=1.0,
-        )
+        settings = stack.worker_settings(volume, progress_interval_s=1.0)
         stop = asyncio.Event()
         worker = asyncio.create_task(run_worker(settings, stop=stop))
         events: list[CloudEvent] = []

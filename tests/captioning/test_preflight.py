@@ -12,7 +12,6 @@ import pytest
 
 from contracts.enums import ErrorCode, EventType
 from infra.local_stack import LocalStack
-from infra.settings import Settings
 from loraq.app import run_worker
 from stages.errors import Permanent
 from stages.pipeline import preflight
@@ -70,14 +69,7 @@ async def test_a_worker_refuses_it_before_any_download(
     body["input"]["dataset"]["videos_url"] = url
     body["input"]["job_id"] = "no-key"
     send_job(stack, body)
-    settings = Settings(
-        queue_url=stack.queue_url,
-        topic_arn=stack.topic_arn,
-        volume=tmp_path,
-        fetch_allow=["127.0.0.1"],
-        wait_time_seconds=1,
-        visibility_timeout=30,
-    )
+    settings = stack.worker_settings(tmp_path, visibility_timeout=30)
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(settings, stop=stop))
     try:

@@ -25,15 +25,7 @@ GEMINI_KEY = "AIzaE2eSecretKeyThatMustNeverLeak_0123456789"
 
 
 def _settings(stack: LocalStack, volume: Path) -> Settings:
-    return Settings(
-        queue_url=stack.queue_url,
-        topic_arn=stack.topic_arn,
-        volume=volume,
-        fetch_allow=["127.0.0.1"],
-        wait_time_seconds=1,
-        visibility_timeout=30,
-        progress_interval_s=0,
-    )
+    return stack.worker_settings(volume, visibility_timeout=30, progress_interval_s=0)
 
 
 async def _run_until(stack: LocalStack, volume: Path, job_ids: set[str]) -> list:

@@ -147,12 +147,9 @@ def _presigned(stack: LocalStack, key: str, body: bytes) -> str:
 
 
 def _settings(stack: LocalStack, volume: Path) -> Settings:
-    return Settings(
-        queue_url=stack.queue_url,
-        topic_arn=stack.topic_arn,
-        volume=volume,
+    return stack.worker_settings(
+        volume,
         fetch_allow=["127.0.0.1", "127.0.0.2"],
-        wait_time_seconds=1,
         visibility_timeout=10,
         progress_interval_s=0,
         transient_retry_wait_s=0.05,

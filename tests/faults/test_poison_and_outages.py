@@ -13,7 +13,6 @@ import pytest
 from contracts.enums import EventType, JobStatus, StageName
 from infra.local_stack import LocalStack, subscribe_queue
 from infra.logging import configure_logging
-from infra.settings import Settings
 from infra.volume import JobStore
 from loraq.app import run_worker
 from loraq.demo import demo_request, upload_dataset
@@ -81,15 +80,8 @@ def test_sns_outage_does_not_fail_training_and_every_event_arrives_later(
     sns = stack.client("sns")
     sns.delete_topic(TopicArn=stack.topic_arn)
     send_job(stack, demo_request(upload_dataset(stack), stack, job_id="outage", epochs=2))
-    settings = Settings(
-        queue_url=stack.queue_url,
-        topic_arn=stack.topic_arn,
-        volume=tmp_path,
-        fetch_allow=["127.0.0.1"],
-        wait_time_seconds=1,
-        visibility_timeout=10,
-        progress_interval_s=0,
-        retry_base_delay_s=3,
+    settings = stack.worker_settings(
+        tmp_path, visibility_timeout=10, progress_interval_s=0, retry_base_delay_s=3
     )
     log_path = tmp_path / "worker.log"
 
