@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results_file import write_result
 from contracts.request import JobRequest
 from infra.local_stack import LocalStack, start_local_stack
 from infra.settings import Settings
@@ -115,10 +115,7 @@ def main() -> None:
         "bare_s": bare_times,
         "median_ratio": round(ratio, 3),
     }
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "overhead.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
+    write_result("overhead", summary)
 
 
 if __name__ == "__main__":

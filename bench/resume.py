@@ -13,7 +13,6 @@ different point of an epoch; a fresh worker resumes. We report
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results_file import write_result
 from contracts.enums import EventType
 from contracts.request import JobRequest
 from infra.local_stack import start_local_stack
@@ -141,10 +141,7 @@ def main() -> None:
         ),
         "rounds": rounds,
     }
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "resume.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
+    write_result("resume", summary)
 
 
 if __name__ == "__main__":
