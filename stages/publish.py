@@ -1,36 +1,61 @@
 """Publish: deliver the newest LoRA and write ``result.json`` (the seed's response).
 
-Idempotent: object keys and archive names derive from the job id and the epoch, so a re-run
-after a crash overwrites the same objects instead of creating new ones.
+Each method lives in ``stages.delivery``. ``auto`` tries the seed's order (the Hub when the
+request carries a write token, then litterbox, then transfer.sh) and falls through on failure;
+the reasons it fell through travel in the result's ``note`` and in the stage's outputs, so the
+user sees why the LoRA ended up where it did.
 """
 
 from __future__ import annotations
 
-import shutil
-import zipfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import structlog
+
 from contracts.enums import ErrorCode, OutputMethod, StageName
+from contracts.request import JobInput
 from contracts.result import JobResult, OutputInfo
-from infra.s3 import SEVEN_DAYS_S, S3Objects, s3_client
 from stages.context import StageContext, StageOutcome
+from stages.delivery import Bundle, DeliveryError
+from stages.delivery import local as local_delivery
+from stages.delivery import s3 as s3_delivery
 from stages.errors import Permanent, Retryable
 from stages.registry import spec_for
+from stages.trainer.run_dirs import saved_models
 
 NAME = StageName.PUBLISH
-SUPPORTED_METHODS = frozenset({OutputMethod.LOCAL, OutputMethod.S3})
+
+Deliver = Callable[[StageContext, Bundle], Awaitable[OutputInfo]]
+DELIVERIES: dict[OutputMethod, Deliver] = {
+    OutputMethod.LOCAL: local_delivery.deliver,
+    OutputMethod.S3: s3_delivery.deliver,
+}
+# The seed's fall-through order for ``auto``; the Hub only when a token came with the request.
+AUTO_ORDER = (OutputMethod.HUGGINGFACE, OutputMethod.LITTERBOX, OutputMethod.TRANSFER_SH)
+SUPPORTED_METHODS = frozenset(DELIVERIES) | (
+    {OutputMethod.AUTO} if any(m in DELIVERIES for m in AUTO_ORDER) else set()
+)
+
+log = structlog.get_logger(__name__)
+
+
+def auto_candidates(request: JobInput) -> list[OutputMethod]:
+    """The methods ``auto`` tries for this request, in order."""
+    order = [m for m in AUTO_ORDER if m in DELIVERIES]
+    if request.huggingface_token() is None and OutputMethod.HUGGINGFACE in order:
+        order.remove(OutputMethod.HUGGINGFACE)
+    return order
 
 
 async def run(ctx: StageContext) -> StageOutcome:
-    model_dir = Path(str(ctx.output_of(StageName.TRAIN, "model_dir")))
-    lora_path = Path(str(ctx.output_of(StageName.TRAIN, "lora_path")))
-    if not lora_path.is_file():
-        raise Permanent(ErrorCode.PUBLISH_FAILED, f"the trained LoRA is missing: {lora_path}")
+    bundle = _bundle(ctx)
     method = ctx.request.output.method
-    if method is OutputMethod.S3:
-        output = await _publish_s3(ctx, model_dir, lora_path)
-    elif method is OutputMethod.LOCAL:
-        output = _publish_local(ctx, model_dir, lora_path)
+    fell_through: list[str] = []
+    if method is OutputMethod.AUTO:
+        output = await _deliver_auto(ctx, bundle, fell_through)
+    elif method in DELIVERIES:
+        output = await _deliver_one(ctx, method, bundle)
     else:
         raise Permanent(
             ErrorCode.UNSUPPORTED,
@@ -43,74 +68,62 @@ async def run(ctx: StageContext) -> StageOutcome:
         model_type=ctx.request.model_type,
         model_name=spec.display_name,
         epochs_completed=int(ctx.output_of(StageName.TRAIN, "epochs_completed") or 0),
-        latest_epoch=model_dir.name,
+        latest_epoch=bundle.model_dir.name,
         output=output,
     )
     ctx.store.save_result(result)
-    return StageOutcome({"download_url_set": output.download_url is not None})
-
-
-def _publish_local(ctx: StageContext, model_dir: Path, lora_path: Path) -> OutputInfo:
-    target = lora_path
-    if ctx.settings.local_publish_dir is not None:
-        folder = ctx.settings.local_publish_dir / ctx.job_id / model_dir.name
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / lora_path.name
-        tmp = target.with_suffix(".partial")
-        shutil.copyfile(lora_path, tmp)
-        tmp.replace(target)
-    return OutputInfo(
-        download_url=target.resolve().as_uri(),
-        safetensors_url=target.resolve().as_uri(),
-        download_method=OutputMethod.LOCAL,
-        note="The LoRA stays on the worker's volume",
-        network_volume_path=str(model_dir),
+    return StageOutcome(
+        {
+            "download_url_set": output.download_url is not None,
+            "delivered_by": output.download_method.value,
+            "fell_through": "; ".join(fell_through) or None,
+        }
     )
 
 
-def build_archive(model_dir: Path, dest: Path) -> Path:
-    """Zip the model folder (LoRA, adapter config, train.toml) under a temp name, then rename."""
-    tmp = dest.with_suffix(".zip.partial")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for item in sorted(model_dir.iterdir()):
-            if item.is_file():
-                archive.write(item, f"{model_dir.name}/{item.name}")
-    tmp.replace(dest)
-    return dest
+def _bundle(ctx: StageContext) -> Bundle:
+    model_dir = Path(str(ctx.output_of(StageName.TRAIN, "model_dir")))
+    lora_path = Path(str(ctx.output_of(StageName.TRAIN, "lora_path")))
+    if not lora_path.is_file():
+        raise Permanent(ErrorCode.PUBLISH_FAILED, f"the trained LoRA is missing: {lora_path}")
+    epochs = tuple(d for _, _, d in saved_models(model_dir.parent, lora_path.name))
+    return Bundle(
+        job_id=ctx.job_id,
+        model_dir=model_dir,
+        lora_path=lora_path,
+        epoch_dirs=epochs or (model_dir,),
+    )
 
 
-async def _publish_s3(ctx: StageContext, model_dir: Path, lora_path: Path) -> OutputInfo:
-    s3 = ctx.request.output.s3
-    assert s3 is not None  # the request model requires it for this method
-    ctx.paths.work.mkdir(parents=True, exist_ok=True)
-    archive = build_archive(model_dir, ctx.paths.work / f"{ctx.job_id}_{model_dir.name}.zip")
-    prefix = f"{s3.key_prefix.strip('/')}/{ctx.job_id}"
-    zip_key = f"{prefix}/{model_dir.name}.zip"
-    lora_key = f"{prefix}/{model_dir.name}/{lora_path.name}"
+async def _deliver_one(ctx: StageContext, method: OutputMethod, bundle: Bundle) -> OutputInfo:
     try:
-        async with s3_client(
-            endpoint_url=s3.endpoint_url,
-            region=s3.region,
-            access_key=s3.access_key.get_secret_value() if s3.access_key else None,
-            secret_key=s3.secret_key.get_secret_value() if s3.secret_key else None,
-        ) as client:
-            objects = S3Objects(client)
-            await objects.upload_file(archive, s3.bucket, zip_key)
-            await objects.upload_file(lora_path, s3.bucket, lora_key)
-            zip_url = await objects.presign_get(s3.bucket, zip_key, SEVEN_DAYS_S)
-            lora_url = await objects.presign_get(s3.bucket, lora_key, SEVEN_DAYS_S)
-    except Exception as exc:  # botocore: endpoint down, access denied, no such bucket
-        raise Retryable(
-            ErrorCode.PUBLISH_FAILED, f"upload to s3://{s3.bucket} failed: {exc}", field="output.s3"
-        ) from exc
-    size_mb = round(archive.stat().st_size / 1024**2, 3)
-    archive.unlink()  # uploaded: the volume keeps the model folder, not a second copy
-    return OutputInfo(
-        download_url=zip_url,
-        safetensors_url=lora_url,
-        download_method=OutputMethod.S3,
-        expires_in_days=7,
-        archive_size_mb=size_mb,
-        note="Presigned links, valid for 7 days",
-        network_volume_path=str(model_dir),
+        return await DELIVERIES[method](ctx, bundle)
+    except DeliveryError as exc:
+        failure = Retryable if exc.retryable else Permanent
+        raise failure(ErrorCode.PUBLISH_FAILED, exc.message, field=exc.field) from exc
+
+
+async def _deliver_auto(ctx: StageContext, bundle: Bundle, reasons: list[str]) -> OutputInfo:
+    candidates = auto_candidates(ctx.request)
+    if OutputMethod.HUGGINGFACE in AUTO_ORDER and OutputMethod.HUGGINGFACE not in candidates:
+        reasons.append("huggingface: no token in the request")
+    retryable = False
+    for method in candidates:
+        try:
+            output = await DELIVERIES[method](ctx, bundle)
+        except DeliveryError as exc:
+            reason = f"{method.value}: {ctx.redact(exc.message)}"
+            log.warning("delivery_fell_through", job_id=ctx.job_id, reason=reason)
+            reasons.append(reason)
+            retryable = retryable or exc.retryable
+            continue
+        if reasons:
+            fell = "; ".join(reasons)
+            output.note = f"{output.note} (fell through: {fell})" if output.note else fell
+        return output
+    failure = Retryable if retryable else Permanent
+    raise failure(
+        ErrorCode.PUBLISH_FAILED,
+        "no delivery method succeeded: " + "; ".join(reasons),
+        field="output.method",
     )

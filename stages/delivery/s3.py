@@ -1,0 +1,53 @@
+"""``s3``: a zip and the raw LoRA in the user's own bucket (AWS, R2, MinIO), presigned 7 days.
+
+Idempotent: object keys derive from the job id and the epoch, so a re-run after a crash
+overwrites the same objects instead of creating new ones.
+"""
+
+from __future__ import annotations
+
+from contracts.enums import OutputMethod
+from contracts.result import OutputInfo
+from infra.s3 import SEVEN_DAYS_S, S3Objects, s3_client
+from stages.context import StageContext
+from stages.delivery import Bundle, DeliveryError
+from stages.delivery.archive import build_archive
+
+
+async def deliver(ctx: StageContext, bundle: Bundle) -> OutputInfo:
+    s3 = ctx.request.output.s3
+    if s3 is None:
+        raise DeliveryError("output.s3 is required", retryable=False, field="output.s3")
+    model_dir, lora_path = bundle.model_dir, bundle.lora_path
+    ctx.paths.work.mkdir(parents=True, exist_ok=True)
+    archive = build_archive(model_dir, ctx.paths.work / f"{ctx.job_id}_{model_dir.name}.zip")
+    prefix = f"{s3.key_prefix.strip('/')}/{ctx.job_id}"
+    zip_key = f"{prefix}/{model_dir.name}.zip"
+    lora_key = f"{prefix}/{model_dir.name}/{lora_path.name}"
+    try:
+        async with s3_client(
+            endpoint_url=s3.endpoint_url,
+            region=s3.region,
+            access_key=s3.access_key.get_secret_value() if s3.access_key else None,
+            secret_key=s3.secret_key.get_secret_value() if s3.secret_key else None,
+        ) as client:
+            objects = S3Objects(client)
+            await objects.upload_file(archive, s3.bucket, zip_key)
+            await objects.upload_file(lora_path, s3.bucket, lora_key)
+            zip_url = await objects.presign_get(s3.bucket, zip_key, SEVEN_DAYS_S)
+            lora_url = await objects.presign_get(s3.bucket, lora_key, SEVEN_DAYS_S)
+    except Exception as exc:  # botocore: endpoint down, access denied, no such bucket
+        raise DeliveryError(
+            f"upload to s3://{s3.bucket} failed: {exc}", retryable=True, field="output.s3"
+        ) from exc
+    size_mb = round(archive.stat().st_size / 1024**2, 3)
+    archive.unlink()  # uploaded: the volume keeps the model folder, not a second copy
+    return OutputInfo(
+        download_url=zip_url,
+        safetensors_url=lora_url,
+        download_method=OutputMethod.S3,
+        expires_in_days=7,
+        archive_size_mb=size_mb,
+        note="Presigned links, valid for 7 days",
+        network_volume_path=str(model_dir),
+    )
