@@ -11,19 +11,41 @@ source: ``hf_api.py``, ``file_download.py``, ``_snapshot_download.py``, ``utils/
   ``X-Repo-Commit``, ``ETag``, ``Content-Length``, ``Accept-Ranges``; ``Range`` → 206 with
   ``Content-Range`` (``hf_hub_download``'s metadata call, download and resume).
 
+And the part it uses to upload (``hf_api.py`` ``whoami``, ``create_repo``, ``create_commit``;
+``_commit_api.py`` ``_fetch_upload_modes``, ``_send_commit``):
+
+- ``GET /api/whoami-v2`` → ``{type, name, auth: {accessToken: {role}}}``;
+- ``POST /api/repos/create`` ``{name, organization, type?, visibility? | private?}`` →
+  ``{url}``; 409 when it exists (``exist_ok=True`` accepts that);
+- ``POST /api/validate-yaml`` ``{content}`` → ``{}``, or 400 with ``errors`` when the model
+  card's front matter is not a YAML mapping (``create_commit`` sends every ``README.md`` here);
+- ``POST /api/{models,datasets}/{ns}/{name}/preupload/{rev}`` ``{files: [{path, sample, size}]}``
+  → ``uploadMode: "regular"`` for every file (content travels inline in the commit: no LFS or
+  Xet) and the ``oid`` of a file already there, which the client compares with its own git
+  hash to leave unchanged files out, and to skip a commit that would change nothing;
+- ``POST /api/{models,datasets}/{ns}/{name}/commit/{rev}``: NDJSON, a ``header`` line then
+  ``file`` (base64 content), ``deletedFile`` and ``deletedFolder`` lines → ``{commitOid,
+  commitUrl}``.
+
+Writing needs a token with the write role whose user owns the namespace: an unknown token is
+401 (``Invalid credentials in Authorization header``), a read token or someone else's
+namespace 403, as on the Hub. A private repository is visible only to its owner and granted
+users (404 ``RepoNotFound`` to everyone else).
+
 Errors carry ``X-Error-Code`` as the Hub's do, which is how the client picks its exception:
 ``RepoNotFound`` (404), ``RevisionNotFound`` (404), ``EntryNotFound`` (404, with the commit),
 ``GatedRepo`` (401 without a token it knows, 403 with one not granted access). As on the Hub, a
 gated repo's info and file listing are public; only its files need the grant.
 
 State is an in-memory model (``HubRepo`` with commits, tokens, grants) behind one lock, and the
-routes are a table of (method, pattern, handler): upload routes (create, preupload, commit) slot
-in beside the download ones. Tests can hold downloads, cut one download short once (to prove it
-resumes) and read the request log.
+routes are a table of (method, pattern, handler). Tests can hold downloads, cut one download
+short once (to prove it resumes) and read the request log (``commit_requests`` counts commits).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
@@ -35,6 +57,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import yaml
 
 # Files the Hub stores in LFS: their ETag is the content's sha256 (what huggingface_hub expects
 # for large files), small files get the git blob id.
@@ -66,9 +90,15 @@ class HubRepo:
         return self.commits[-1]
 
     def commit(self, changes: dict[str, bytes | None]) -> str:
-        """Add, replace (bytes) or delete (None) files; returns the new commit id."""
+        """Add, replace (bytes) or delete (None; a path ending in ``/`` is a folder) files.
+
+        Returns the new commit id.
+        """
         for path, data in changes.items():
-            if data is None:
+            if data is None and path.endswith("/"):
+                for gone in [p for p in self.files if p.startswith(path)]:
+                    del self.files[gone]
+            elif data is None:
                 self.files.pop(path, None)
             else:
                 self.files[path] = data
@@ -107,6 +137,7 @@ class HubState:
         self.lock = threading.Lock()
         self.repos: dict[tuple[str, str], HubRepo] = {}
         self.tokens: dict[str, str] = {}  # token → user
+        self.writers: set[str] = set()  # tokens with the write role
         self.grants: dict[str, set[str]] = {}  # gated repo id → users with access
         self.log: list[RequestRecord] = []
         self.cut_after: dict[tuple[str, str], int] = {}  # (repo, path) → bytes, once
@@ -121,16 +152,28 @@ class HubState:
 class _Reply(Exception):
     """An error reply: status, Hub error code and message."""
 
-    def __init__(self, status: int, code: str | None, message: str, commit: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        commit: str | None = None,
+        body: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.commit = commit
+        self.body = body or {}  # more fields for the JSON body (a 409 on create has the url)
 
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
 _TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
+_URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+# The Hub's rule for a repository name (huggingface_hub checks the same before sending).
+_NAME = re.compile(r"^(?![-.])(?!.*(--|\.\.))[\w.-]{1,96}(?<![-.])$")
+_INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 Route = tuple[str, re.Pattern[str], str]
 _ROUTES: list[Route] = [
     ("GET", re.compile(rf"^/api/(?P<type>models|datasets|spaces)/{_REPO}$"), "_repo_info"),
@@ -160,12 +203,26 @@ _ROUTES: list[Route] = [
         ),
         "_resolve",
     ),
+    ("GET", re.compile(r"^/api/whoami-v2$"), "_whoami"),
+    ("POST", re.compile(r"^/api/repos/create$"), "_create_repo"),
+    ("POST", re.compile(r"^/api/validate-yaml$"), "_validate_yaml"),
+    (
+        "POST",
+        re.compile(rf"^/api/(?P<type>models|datasets|spaces)/{_REPO}/preupload/(?P<rev>[^/]+)$"),
+        "_preupload",
+    ),
+    (
+        "POST",
+        re.compile(rf"^/api/(?P<type>models|datasets|spaces)/{_REPO}/commit/(?P<rev>[^/]+)$"),
+        "_commit_route",
+    ),
 ]
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    _request_body: bytes = b""
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # the request log is ``HubState.log``
@@ -177,11 +234,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("HEAD")
 
     def do_POST(self) -> None:
-        # No POST routes yet: upload routes (create, preupload, commit) go into _ROUTES.
         self._dispatch("POST")
 
     # -- plumbing ---------------------------------------------------------------------------
     def _dispatch(self, method: str) -> None:
+        # Read the body first, whatever the answer: left unread, it would be taken for the
+        # next request on this keep-alive connection.
+        self._request_body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         url = urlsplit(self.path)
         for route_method, pattern, handler in _ROUTES:
             match = pattern.match(url.path)
@@ -224,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._record(method, 200)
 
     def _error(self, method: str, reply: _Reply) -> None:
-        body = json.dumps({"error": reply.message}).encode()
+        body = json.dumps({"error": reply.message, **reply.body}).encode()
         self.send_response(reply.status)
         if reply.code:
             self.send_header("X-Error-Code", reply.code)
@@ -244,9 +303,38 @@ class _Handler(BaseHTTPRequestHandler):
         with self.state.lock:
             repo = self.state.repo(repo_type, params["repo"])
             user = self.state.tokens.get(self._token() or "")
-        if repo is None or (repo.private and user is None):
+            granted = repo is not None and user in self.state.grants.get(repo.repo_id, set())
+        if repo is None or (repo.private and not (granted or _owns(user, repo.repo_id))):
             raise _Reply(404, "RepoNotFound", "Repository not found")
         return repo
+
+    def _writer(self, namespace: str, what: str) -> str:
+        """The user behind a write token that owns ``namespace``; 401/403 as on the Hub."""
+        token = self._token() or ""
+        with self.state.lock:
+            user = self.state.tokens.get(token)
+            can_write = token in self.state.writers
+        if user is None:
+            raise _Reply(401, None, _INVALID_CREDENTIALS)
+        if not can_write or user != namespace:
+            raise _Reply(403, None, f"You don't have the rights to {what}")
+        return user
+
+    def _body(self) -> bytes:
+        return self._request_body
+
+    def _json_body(self) -> dict[str, Any]:
+        try:
+            payload = json.loads(self._body() or b"{}")
+        except json.JSONDecodeError as exc:
+            raise _Reply(400, None, f"invalid JSON body: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise _Reply(400, None, "the body must be a JSON object")
+        return payload
+
+    @property
+    def _endpoint(self) -> str:
+        return f"http://{self.headers.get('Host', '127.0.0.1')}"
 
     def _commit(self, repo: HubRepo, revision: str | None) -> str:
         if revision in (None, "main") or revision == repo.head:
@@ -332,6 +420,120 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send_body(repo, path, data[start:end], start)
 
+    def _whoami(self, method: str, params: dict[str, str], query: dict[str, str]) -> None:
+        token = self._token() or ""
+        with self.state.lock:
+            user = self.state.tokens.get(token)
+            role = "write" if token in self.state.writers else "read"
+        if user is None:
+            raise _Reply(401, None, _INVALID_CREDENTIALS)
+        self._json(
+            method,
+            {
+                "type": "user",
+                "id": hashlib.sha1(user.encode(), usedforsecurity=False).hexdigest()[:24],
+                "name": user,
+                "fullname": user,
+                "orgs": [],
+                "auth": {
+                    "type": "access_token",
+                    "accessToken": {"displayName": f"{user}-{role}", "role": role},
+                },
+            },
+        )
+
+    def _create_repo(self, method: str, params: dict[str, str], query: dict[str, str]) -> None:
+        payload = self._json_body()
+        name, namespace = str(payload.get("name") or ""), payload.get("organization")
+        repo_type = str(payload.get("type") or "model")
+        with self.state.lock:
+            namespace = namespace or self.state.tokens.get(self._token() or "")
+        self._writer(str(namespace), f'create a {repo_type} under the namespace "{namespace}"')
+        if repo_type not in _URL_PREFIXES or not _NAME.match(name):
+            raise _Reply(400, None, f"Invalid repo name: {name!r}")
+        private = payload.get("visibility", "private" if payload.get("private") else "public")
+        repo_id = f"{namespace}/{name}"
+        url = f"{self._endpoint}/{_URL_PREFIXES[repo_type]}{repo_id}"
+        with self.state.lock:
+            if self.state.repo(repo_type, repo_id) is not None:
+                raise _Reply(
+                    409, None, f"You already created this {repo_type} repo", body={"url": url}
+                )
+            repo = HubRepo(repo_id, repo_type=repo_type, private=private == "private")
+            self.state.repos[(repo_type, repo_id)] = repo
+        self._json(method, {"url": url, "name": repo_id, "id": repo.head})
+
+    def _validate_yaml(self, method: str, params: dict[str, str], query: dict[str, str]) -> None:
+        content = str(self._json_body().get("content", ""))
+        match = re.match(r"^---\n(.*?)\n---\n", content, re.DOTALL)
+        if match is None:
+            self._json(method, {"warnings": [{"message": "empty or missing yaml metadata"}]})
+            return
+        try:
+            metadata = yaml.safe_load(match[1])
+        except yaml.YAMLError as exc:
+            metadata, problem = None, f"invalid YAML: {exc}"
+        else:
+            problem = "the metadata must be a YAML mapping"
+        if not isinstance(metadata, dict):
+            body = json.dumps({"errors": [{"message": problem}]}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self._record(method, 400)
+            return
+        self._json(method, {})
+
+    def _preupload(self, method: str, params: dict[str, str], query: dict[str, str]) -> None:
+        repo = self._find(params)
+        self._writer(repo.repo_id.split("/")[0], f"push to {repo.repo_id}")
+        self._branch(repo, params["rev"])
+        files = self._json_body().get("files")
+        if not isinstance(files, list):
+            raise _Reply(400, None, "files must be a list")
+        with self.state.lock:
+            answers = [
+                {
+                    "path": entry["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": _git_oid(repo.files[entry["path"]])
+                    if entry["path"] in repo.files
+                    else None,
+                }
+                for entry in files
+            ]
+        self._json(method, {"files": answers, "commitOid": repo.head})
+
+    def _commit_route(self, method: str, params: dict[str, str], query: dict[str, str]) -> None:
+        repo = self._find(params)
+        self._writer(repo.repo_id.split("/")[0], f"push to {repo.repo_id}")
+        self._branch(repo, params["rev"])
+        header, changes = _parse_commit(self._body())
+        with self.state.lock:
+            parent = header.get("parentCommit")
+            if parent is not None and parent != repo.head:
+                raise _Reply(412, None, "A commit has happened since. Refresh and try again.")
+            oid = repo.commit(changes)
+        url = f"{self._endpoint}/{_URL_PREFIXES[repo.repo_type]}{repo.repo_id}/commit/{oid}"
+        self._json(
+            method,
+            {
+                "success": True,
+                "commitOid": oid,
+                "commitUrl": url,
+                "hookOutput": "",
+                "pullRequestUrl": None,
+            },
+        )
+
+    def _branch(self, repo: HubRepo, revision: str) -> None:
+        # Only the default branch exists here; the Hub refuses a commit onto a commit id too.
+        if revision != "main":
+            raise _Reply(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+
     def _send_body(self, repo: HubRepo, path: str, body: bytes, start: int) -> None:
         with self.state.lock:
             cut = self.state.cut_after.pop((repo.repo_id, path), None)
@@ -346,6 +548,49 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(body)
         self._record("GET", status, range_start=start, bytes_sent=len(body))
+
+
+def _owns(user: str | None, repo_id: str) -> bool:
+    return user is not None and repo_id.split("/")[0] == user
+
+
+def _parse_commit(body: bytes) -> tuple[dict[str, Any], dict[str, bytes | None]]:
+    """The NDJSON commit payload → its header and the changes (bytes to write, None to delete).
+
+    Folder deletions are expanded later against the files; here they are marked with a
+    trailing slash, the way the client names them.
+    """
+    header: dict[str, Any] = {}
+    changes: dict[str, bytes | None] = {}
+    for number, line in enumerate(body.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            key, value = item["key"], item["value"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise _Reply(400, None, f"line {number}: not a commit operation") from exc
+        if key == "header":
+            header = value
+        elif key == "file":
+            changes[value["path"]] = _file_content(value, number)
+        elif key in ("deletedFile", "deletedFolder"):
+            changes[value["path"].rstrip("/") + ("/" if key == "deletedFolder" else "")] = None
+        else:  # lfsFile: preupload never asks for LFS, so a client sending one is confused
+            raise _Reply(400, None, f"line {number}: {key} is not supported by this test Hub")
+    if not header.get("summary"):
+        raise _Reply(400, None, "the commit needs a header line with a summary")
+    return header, changes
+
+
+def _file_content(value: dict[str, Any], number: int) -> bytes:
+    content = str(value.get("content", ""))
+    if value.get("encoding") != "base64":
+        return content.encode()
+    try:
+        return base64.b64decode(content, validate=True)
+    except binascii.Error as exc:
+        raise _Reply(400, None, f"line {number}: content is not base64") from exc
 
 
 def _tree_entries(repo: HubRepo, base: str, recursive: bool) -> list[dict[str, Any]]:
@@ -437,9 +682,14 @@ class LocalHub:
             self.state.repos[(repo.repo_type, repo.repo_id)] = repo
         return repo
 
-    def add_token(self, token: str, user: str, *, grant: tuple[str, ...] = ()) -> None:
+    def add_token(
+        self, token: str, user: str, *, grant: tuple[str, ...] = (), write: bool = False
+    ) -> None:
+        """A token for ``user``; ``write`` gives it the write role (push to ``user``'s repos)."""
         with self.state.lock:
             self.state.tokens[token] = user
+            if write:
+                self.state.writers.add(token)
             for repo_id in grant:
                 self.state.grants.setdefault(repo_id, set()).add(user)
 
@@ -477,6 +727,15 @@ class LocalHub:
             )
 
         return self.requests(wanted)
+
+    def repo(self, repo_id: str, repo_type: str = "model") -> HubRepo | None:
+        with self.state.lock:
+            return self.state.repo(repo_type, repo_id)
+
+    def commit_requests(self, repo_id: str) -> list[RequestRecord]:
+        """The commit POSTs to ``repo_id`` that made a commit."""
+        marker = f"/{repo_id}/commit/"
+        return self.requests(lambda r: r.method == "POST" and marker in r.path and r.status == 200)
 
     def clear_log(self) -> None:
         with self.state.lock:
