@@ -1,7 +1,9 @@
 """Fetch: download each dataset zip and extract it safely into ``dataset/images|videos``.
 
 Idempotent: anything a crashed attempt left is removed first, and each media folder appears
-under its final name only after extraction finished (extract into ``work/``, then rename).
+under its final name only after extraction finished (extract into ``work/``, then rename). The
+one exception is a download cut short: its bytes stay in ``work/<kind>.zip.partial`` and the
+next try (a retry here, or a later delivery) resumes it when the server allows ranges.
 """
 
 from __future__ import annotations
