@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import structlog
 
-from consumer.events import EventPublisher, EventsUndelivered
+from consumer.events import EventPublisher, EventsUndelivered, JobSinkFactory
 from consumer.heartbeat import RECEIPT_LIMIT_S, Heartbeat
 from consumer.job import Job
 from consumer.messages import Rejection, parse_request
@@ -47,6 +47,7 @@ class JobRunner:
         stop_requested: asyncio.Event,
         s3: S3Objects | None = None,
         stage_hook: StageHook | None = None,
+        job_sinks: JobSinkFactory | None = None,
     ) -> None:
         self._queue = queue
         self._store = store
@@ -56,6 +57,7 @@ class JobRunner:
         self._stop = stop_requested
         self._s3 = s3
         self._hook = stage_hook or log_stage
+        self._job_sinks = job_sinks
         self._outcomes = Outcomes(queue, store, publisher, policy)
 
     async def handle(self, message: QueueMessage) -> None:
@@ -84,9 +86,32 @@ class JobRunner:
             await self._defer(job, held.lease)
             return
         try:
-            await self._run_leased(job, token)
+            async with self._own_sinks(job):
+                await self._run_leased(job, token)
         finally:
             self._store.release_lease(token)
+
+    @contextlib.asynccontextmanager
+    async def _own_sinks(self, job: Job) -> AsyncIterator[None]:
+        """The job's own sinks (its Hub repo's UPDATES/) while it runs here, whatever the end.
+
+        Best-effort: a sink that cannot be built is logged and skipped, never a failed job.
+        """
+        sink = None
+        if self._job_sinks is not None:
+            try:
+                sink = self._job_sinks(job.job_id, job.request)
+            except Exception as exc:
+                log.warning("job_sink_unavailable", error=job.redactor(str(exc)))
+        if sink is None:
+            yield
+            return
+        self._events.attach(job.job_id, sink)
+        try:
+            yield
+        finally:
+            # Shielded: the final status (and its download link) goes out even on a late cancel.
+            await asyncio.shield(self._events.detach(job.job_id))
 
     async def _reject(self, message: QueueMessage, rejection: Rejection) -> None:
         # An invalid message that claims the id of a real job must not fail that job in the
