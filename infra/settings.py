@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     max_nonfinite_loss_steps: int = Field(default=20, ge=0)
 
     progress_interval_s: float = Field(default=5.0, ge=0)
+    # The job's progress in UPDATES/ of the user's Hub repo (only for jobs that carry a Hub
+    # token and publish there). Commits are batched: at most one per interval (plus the
+    # final one), well inside the Hub's commit rate limits.
+    updates_enabled: bool = True
+    updates_commit_interval_s: float = Field(default=60.0, ge=0)
 
     diffusion_pipe_dir: Path = Path("/opt/diffusion-pipe")
     deepspeed_bin: str = "deepspeed"

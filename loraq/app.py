@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 
 import structlog
@@ -13,6 +14,7 @@ from consumer.policy import DEFAULT_MAX_RECEIVES, RetryPolicy
 from consumer.reconcile import reconcile
 from consumer.worker import Worker
 from infra.aws import AwsClients
+from infra.hub_updates import updates_sink_for
 from infra.queue import SqsJobQueue
 from infra.s3 import S3Objects
 from infra.settings import Settings
@@ -55,6 +57,7 @@ async def run_worker(
             stop_requested=stop_jobs,
             s3=S3Objects(aws.s3),
             stage_hook=stage_hook,
+            job_sinks=functools.partial(updates_sink_for, settings=settings, store=store),
         )
         worker = Worker(
             queue,
