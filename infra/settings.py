@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     # The Hugging Face Hub to provision weights from; None: huggingface_hub's own default
     # (HF_ENDPOINT, else https://huggingface.co). Tests point it at a local Hub.
     hf_endpoint: str | None = None
+    # Temporary hosts for output.method litterbox / transfer_sh (and auto's fall-through), with
+    # their upload limits, checked before uploading. Tests point the URLs at local servers.
+    litterbox_url: str = "https://litterbox.catbox.moe/resources/internals/api.php"
+    litterbox_max_bytes: int = Field(default=1024**3, gt=0)
+    transfer_sh_url: str = "https://transfer.sh/"
+    transfer_sh_max_bytes: int = Field(default=10 * 1024**3, gt=0)
 
     # Video captioning with Gemini (the key comes with each request, never from here).
     # None: google-genai's own endpoint. Tests point it at a local Gemini-compatible server.

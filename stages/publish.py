@@ -18,8 +18,10 @@ from contracts.request import JobInput
 from contracts.result import JobResult, OutputInfo
 from stages.context import StageContext, StageOutcome
 from stages.delivery import Bundle, DeliveryError
+from stages.delivery import litterbox as litterbox_delivery
 from stages.delivery import local as local_delivery
 from stages.delivery import s3 as s3_delivery
+from stages.delivery import transfer_sh as transfer_sh_delivery
 from stages.errors import Permanent, Retryable
 from stages.registry import spec_for
 from stages.trainer.run_dirs import saved_models
@@ -30,6 +32,8 @@ Deliver = Callable[[StageContext, Bundle], Awaitable[OutputInfo]]
 DELIVERIES: dict[OutputMethod, Deliver] = {
     OutputMethod.LOCAL: local_delivery.deliver,
     OutputMethod.S3: s3_delivery.deliver,
+    OutputMethod.LITTERBOX: litterbox_delivery.deliver,
+    OutputMethod.TRANSFER_SH: transfer_sh_delivery.deliver,
 }
 # The seed's fall-through order for ``auto``; the Hub only when a token came with the request.
 AUTO_ORDER = (OutputMethod.HUGGINGFACE, OutputMethod.LITTERBOX, OutputMethod.TRANSFER_SH)

@@ -14,7 +14,7 @@ from consumer.events import EventPublisher
 from consumer.heartbeat import CONTINUATION_ATTRIBUTE
 from consumer.job_runner import JobRunner
 from consumer.policy import RetryPolicy
-from contracts.enums import EventType, JobStatus, ModelType
+from contracts.enums import EventType, JobStatus, ModelType, OutputMethod
 from contracts.events import CloudEvent
 from contracts.ledger import Ledger
 from infra.queue import QueueMessage
@@ -152,11 +152,20 @@ async def test_a_continuation_of_a_finished_job_is_removed_silently(tmp_path: Pa
     assert len(sink.events) == 1 and queue.deleted == ["msg-1", "msg-1"]
 
 
+def _litterbox_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker built without litterbox (every method is registered now, so take one away)."""
+    from stages import publish
+
+    supported = publish.SUPPORTED_METHODS - {OutputMethod.LITTERBOX}
+    monkeypatch.setattr(publish, "SUPPORTED_METHODS", supported)
+
+
 async def test_a_request_this_worker_cannot_serve_fails_once_with_the_qualified_field(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """GIVEN an output method this worker lacks WHEN received THEN accepted, then one job.failed
     naming input.output.method, not retryable; the message is deleted; the ledger says failed."""
+    _litterbox_unavailable(monkeypatch)
     runner, queue, sink, store = _runner(tmp_path)
     await runner.handle(_message(_body(output={"method": "litterbox"})))
     assert [e.type for e in sink.events] == [EventType.JOB_ACCEPTED, EventType.JOB_FAILED]
@@ -171,8 +180,11 @@ async def test_a_request_this_worker_cannot_serve_fails_once_with_the_qualified_
     assert ledger is not None and ledger.status is JobStatus.FAILED
 
 
-async def test_an_expired_lease_does_not_block(tmp_path: Path) -> None:
+async def test_an_expired_lease_does_not_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """GIVEN a lease that expired WHEN the job is received THEN it runs (here: fails preflight)."""
+    _litterbox_unavailable(monkeypatch)
     runner, _, sink, store = _runner(tmp_path)
     store.acquire_lease("job-1", "dead", ttl_s=60)
     lease = store.read_lease("job-1")
