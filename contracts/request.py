@@ -187,6 +187,8 @@ class HuggingFaceOutput(_Strict):
     token: SecretStr | None = None
     repo_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
     private: bool = True
+    # Also upload every saved epoch under ``epochN/`` (the newest sits at the top either way).
+    all_epochs: bool = False
 
 
 class S3Output(_Strict):

@@ -18,6 +18,7 @@ from contracts.request import JobInput
 from contracts.result import JobResult, OutputInfo
 from stages.context import StageContext, StageOutcome
 from stages.delivery import Bundle, DeliveryError
+from stages.delivery import huggingface as huggingface_delivery
 from stages.delivery import litterbox as litterbox_delivery
 from stages.delivery import local as local_delivery
 from stages.delivery import s3 as s3_delivery
@@ -32,6 +33,7 @@ Deliver = Callable[[StageContext, Bundle], Awaitable[OutputInfo]]
 DELIVERIES: dict[OutputMethod, Deliver] = {
     OutputMethod.LOCAL: local_delivery.deliver,
     OutputMethod.S3: s3_delivery.deliver,
+    OutputMethod.HUGGINGFACE: huggingface_delivery.deliver,
     OutputMethod.LITTERBOX: litterbox_delivery.deliver,
     OutputMethod.TRANSFER_SH: transfer_sh_delivery.deliver,
 }
