@@ -22,6 +22,7 @@ from __future__ import annotations
 import secrets
 import socket
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 
 from aiohttp import BodyPartReader, web
@@ -109,7 +110,7 @@ class _LocalHost:
         """The failure the test asked for, if any, for this upload."""
         if self.fail_status is not None and self.fail_times != 0:
             self.fail_times -= 1 if self.fail_times > 0 else 0
-            return web.Response(status=self.fail_status, text="Internal Server Error")
+            return web.Response(status=self.fail_status, text=HTTPStatus(self.fail_status).phrase)
         if self.max_bytes is not None and any(f[3] > self.max_bytes for f in form.files):
             return web.Response(status=413, text=_NGINX_413, content_type="text/html")
         if self.error_text is not None:

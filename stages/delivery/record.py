@@ -12,14 +12,14 @@ link still has at least half its life left. Otherwise it uploads again and repla
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from contracts.enums import OutputMethod
 from contracts.result import OutputInfo
-from infra.volume import atomic_write_model
+from infra.volume import atomic_write_model, utcnow
 
 RECORD_FILE = "delivery.json"
 _CHUNK = 1 << 20
@@ -58,6 +58,41 @@ def load(path: Path) -> DeliveryRecord | None:
 
 def save(path: Path, record: DeliveryRecord) -> None:
     atomic_write_model(path, record)
+
+
+def reuse(path: Path, method: OutputMethod, sha256: str, size: int) -> OutputInfo | None:
+    """The recorded result for this very archive, with the days its link has left; else None."""
+    previous = load(path)
+    now = utcnow()
+    if previous is None or not previous.reusable(method, sha256, size, now):
+        return None
+    left = (previous.expires_at - now) / timedelta(days=1)
+    return previous.output.model_copy(update={"expires_in_days": round(left, 2)})
+
+
+def remember(
+    path: Path,
+    *,
+    method: OutputMethod,
+    sha256: str,
+    size: int,
+    lifetime: timedelta,
+    delete_url: str | None,
+    output: OutputInfo,
+) -> None:
+    uploaded = utcnow()
+    save(
+        path,
+        DeliveryRecord(
+            method=method,
+            sha256=sha256,
+            size=size,
+            uploaded_at=uploaded,
+            expires_at=uploaded + lifetime,
+            delete_url=delete_url,
+            output=output,
+        ),
+    )
 
 
 def sha256_of(path: Path) -> str:

@@ -22,7 +22,6 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from contracts.enums import OutputMethod
 from contracts.result import OutputInfo
 from infra.form_upload import FilePart, HostReply, HostUnreachable, post_form
-from infra.volume import utcnow
 from stages.context import StageContext
 from stages.delivery import Bundle, DeliveryError
 from stages.delivery import record as records
@@ -59,50 +58,49 @@ async def deliver_to(host: TempHost, ctx: StageContext, bundle: Bundle) -> Outpu
     # Zipping and hashing gigabytes would stall the event loop, and with it the heartbeats.
     await asyncio.to_thread(build_archive, bundle.model_dir, archive)
     try:
-        size = archive.stat().st_size
-        sha256 = await asyncio.to_thread(records.sha256_of, archive)
-        path = records.record_path(ctx.paths.root)
-        previous = records.load(path)
-        now = utcnow()
-        if previous is not None and previous.reusable(host.method, sha256, size, now):
-            log.info("delivery_reused", job_id=ctx.job_id, method=host.method.value)
-            left = (previous.expires_at - now).total_seconds() / 86400
-            return previous.output.model_copy(update={"expires_in_days": round(left, 2)})
-        _check_size(host, size)
-        started = time.monotonic()
-        link, delete_url = await _upload(ctx, host, archive)
-        log.info(
-            "delivery_uploaded",
-            job_id=ctx.job_id,
-            method=host.method.value,
-            bytes=size,
-            seconds=round(time.monotonic() - started, 3),
-        )
-        output = OutputInfo(
-            download_url=link,
-            safetensors_url=None,
-            download_method=host.method,
-            expires_in_days=round(host.lifetime / timedelta(days=1), 2),
-            archive_size_mb=round(size / 1024**2, 3),
-            note=host.note,
-            network_volume_path=str(bundle.model_dir),
-        )
-        uploaded = utcnow()
-        records.save(
-            path,
-            records.DeliveryRecord(
-                method=host.method,
-                sha256=sha256,
-                size=size,
-                uploaded_at=uploaded,
-                expires_at=uploaded + host.lifetime,
-                delete_url=delete_url,
-                output=output,
-            ),
-        )
-        return output
+        return await _deliver_archive(host, ctx, bundle, archive)
     finally:
         archive.unlink(missing_ok=True)  # the volume keeps the model folder, not a second copy
+
+
+async def _deliver_archive(
+    host: TempHost, ctx: StageContext, bundle: Bundle, archive: Path
+) -> OutputInfo:
+    size = archive.stat().st_size
+    sha256 = await asyncio.to_thread(records.sha256_of, archive)
+    path = records.record_path(ctx.paths.root)
+    if (reused := records.reuse(path, host.method, sha256, size)) is not None:
+        log.info("delivery_reused", job_id=ctx.job_id, method=host.method.value)
+        return reused
+    _check_size(host, size)
+    started = time.monotonic()
+    link, delete_url = await _upload(ctx, host, archive)
+    log.info(
+        "delivery_uploaded",
+        job_id=ctx.job_id,
+        method=host.method.value,
+        bytes=size,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    output = OutputInfo(
+        download_url=link,
+        safetensors_url=None,
+        download_method=host.method,
+        expires_in_days=round(host.lifetime / timedelta(days=1), 2),
+        archive_size_mb=round(size / 1024**2, 3),
+        note=host.note,
+        network_volume_path=str(bundle.model_dir),
+    )
+    records.remember(
+        path,
+        method=host.method,
+        sha256=sha256,
+        size=size,
+        lifetime=host.lifetime,
+        delete_url=delete_url,
+        output=output,
+    )
+    return output
 
 
 def _check_size(host: TempHost, size: int) -> None:

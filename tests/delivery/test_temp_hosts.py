@@ -12,6 +12,7 @@ import io
 import json
 import zipfile
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from infra.settings import Settings
 from infra.volume import JobStore, utcnow
 from stages import publish
 from stages.context import StageContext
-from stages.delivery.record import RECORD_FILE
+from stages.delivery.record import RECORD_FILE, DeliveryRecord
 from stages.errors import Permanent, Retryable
 from tests.temp_hosts import LocalLitterbox, LocalTransferSh
 
@@ -293,3 +294,39 @@ async def test_a_rerun_after_success_reuses_the_link_instead_of_uploading_again(
     save_file({"lora_A.weight": np.zeros((8, 4), dtype=np.float32)}, str(lora))
     await publish.run(_context(tmp_path, litterbox, transfer_sh, "litterbox"))
     assert len(litterbox.uploads) == 2
+
+
+async def test_a_recorded_link_past_half_its_life_is_not_reused(
+    tmp_path: Path, litterbox: LocalLitterbox, transfer_sh: LocalTransferSh
+) -> None:
+    """GIVEN a litterbox upload recorded 40 of its 72 hours ago WHEN publish runs again THEN it
+    uploads afresh (a link about to expire is no result) and records the new one."""
+    await publish.run(_context(tmp_path, litterbox, transfer_sh, "litterbox"))
+    path = tmp_path / "jobs" / JOB / RECORD_FILE
+    record = DeliveryRecord.model_validate_json(path.read_text())
+    aged = timedelta(hours=40)
+    path.write_text(
+        record.model_copy(
+            update={
+                "uploaded_at": record.uploaded_at - aged,
+                "expires_at": record.expires_at - aged,
+            }
+        ).model_dump_json()
+    )
+    await publish.run(_context(tmp_path, litterbox, transfer_sh, "litterbox"))
+    assert len(litterbox.uploads) == 2
+    fresh = DeliveryRecord.model_validate_json(path.read_text())
+    assert fresh.output.download_url == _result(tmp_path)["output"]["download_url"]
+    assert fresh.output.download_url != record.output.download_url
+
+
+async def test_a_host_refusing_the_upload_with_a_4xx_fails_for_good(
+    tmp_path: Path, litterbox: LocalLitterbox, transfer_sh: LocalTransferSh
+) -> None:
+    """GIVEN transfer.sh answering 403 WHEN publish runs THEN one attempt, a permanent failure
+    quoting the status and the reply's first line."""
+    transfer_sh.fail_status = 403
+    with pytest.raises(Permanent) as failed:
+        await publish.run(_context(tmp_path, litterbox, transfer_sh, "transfer_sh"))
+    assert failed.value.message == ("transfer.sh refused the upload: HTTP 403: Forbidden")
+    assert transfer_sh.attempts == 1
