@@ -1,4 +1,5 @@
-"""The ``loraq`` command: ``worker``, ``stack``, ``demo``, ``config``, ``provision``."""
+"""The ``loraq`` command: ``worker``, ``stack``, ``demo``, ``config``, ``provision``, and for
+users of the service ``submit``, ``watch``, ``status``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 from pathlib import Path
 
 from infra.logging import configure_logging
+from loraq.user_commands import add_user_commands
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=10)
     demo.set_defaults(func=_demo)
     _add_model_commands(sub)
+    add_user_commands(sub)
     return parser
 
 
