@@ -35,6 +35,7 @@ async def test_submit_then_watch_a_real_tiny_job_to_its_download_link(
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps(request))
     volume = tmp_path / "volume"
+    JobStore(volume)  # the worker's volume, as the watch will find it
     settings = stack.worker_settings(volume, visibility_timeout=30, progress_interval_s=0)
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(settings, stop=stop))
