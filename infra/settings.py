@@ -11,9 +11,14 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# Which service captions images without a caption (videos always go to Gemini).
+ImageCaptionBackend = Literal["joycaption", "gemini"]
 
 
 def _default_worker_id() -> str:
@@ -103,6 +108,29 @@ class Settings(BaseSettings):
     gemini_retry_max_wait_s: float = Field(default=60.0, ge=0)
     # Files captioned at once per job (uploads, polls and generate calls all count).
     caption_concurrency: int = Field(default=4, ge=1, le=64)
+
+    # Image captioning. "gemini" needs each request's Gemini key (preflight asks for it).
+    caption_image_backend: ImageCaptionBackend = "joycaption"
+    gemini_image_prompt: str = (
+        "Describe this image for training an image generation model, in one paragraph of plain "
+        "prose: the subjects, their appearance, the setting, composition, lighting and style. "
+        "Do not start with 'This image' and do not use lists."
+    )
+    # JoyCaption (a LLaVA model): provisioned on first use into <volume>/models/joycaption/
+    # from this Hub repository, like the base models; or read from joycaption_dir, used as is.
+    joycaption_repo_id: str = "fancyfeast/llama-joycaption-beta-one-hf-llava"
+    joycaption_revision: str = "main"
+    joycaption_dir: Path | None = None
+    joycaption_system_prompt: str = "You are a helpful image captioner."
+    joycaption_prompt: str = "Write a descriptive caption for this image in a formal tone."
+    # Images per generate call: more is faster until the GPU runs out of memory.
+    joycaption_batch_size: int = Field(default=4, ge=1, le=64)
+    joycaption_max_new_tokens: int = Field(default=300, ge=1, le=4096)
+    # 0: greedy decoding (deterministic); otherwise sampled, as the model card recommends.
+    joycaption_temperature: float = Field(default=0.6, ge=0, le=2)
+    joycaption_top_p: float = Field(default=0.9, gt=0, le=1)
+    # auto: CUDA in bfloat16 when a GPU is visible, else the CPU in float32 (slow, for tests).
+    joycaption_device: Literal["auto", "cuda", "cpu"] = "auto"
 
     @property
     def heartbeat_every(self) -> float:

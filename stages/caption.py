@@ -3,32 +3,50 @@
 The trigger word is prepended once (``"<trigger>, caption"``): a caption that already starts
 with it is left alone, so re-running after a crash never doubles it.
 
-Videos without a caption in ``videos``/``both`` datasets are captioned by Gemini, each caption
-written (atomically, trigger word included) the moment it arrives: a crashed or retried stage
-captions only what is still missing. A video Gemini cannot process (its file goes ``FAILED``,
-or the model rejects it) is skipped, not fatal: it is removed from the dataset, named in the
-stage's outputs (``caption_skipped``) and logged as a warning, the same treatment as any other
-unreadable file in the upload; only a dataset left with nothing fails. Images without captions
-need an image backend (JoyCaption), which this worker does not have yet: that stays a clear
-``unsupported`` failure, found here because captions are only known after the download.
+Which files get a generated caption depends on ``dataset.type``: images in ``images``/``both``
+datasets, videos in ``videos``/``both``; any other file without a caption (and every file of a
+``precaptioned`` dataset) gets the trigger word alone. Images are captioned by the worker's
+``caption_image_backend``: JoyCaption (default; a local model, provisioned into
+``models/joycaption/`` on first use like base weights, loaded once for the stage and freed
+before it returns, so the trainer gets the GPU back) or Gemini (with the request's key, as
+videos always are).
+
+Each caption is written (atomically, trigger word included) the moment it exists: a crashed or
+retried stage captions only what is still missing. A file the backend cannot read (a corrupt
+image, a video Gemini marks ``FAILED``, an empty answer) is skipped, not fatal: it is removed
+from the dataset, named in the stage's outputs (``caption_skipped``) and logged as a warning,
+the same treatment as any other unreadable file in the upload; only a dataset left with nothing
+fails.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import structlog
+from pydantic import SecretStr
 
 from contracts.enums import DatasetType, ErrorCode, StageName
-from infra.volume import atomic_write_text
-from stages.captioners import Captioner, CaptionError, CaptionFault, caption_files
+from infra.hub import HubClient
+from infra.volume import MODELS_DIR, atomic_write_text
+from stages.captioners import (
+    Captioner,
+    CaptionError,
+    CaptionFault,
+    caption_files,
+    caption_in_batches,
+)
 from stages.context import StageContext, StageOutcome
-from stages.errors import Permanent, Retryable, StageFailure
+from stages.errors import Interrupted, Permanent, Retryable, StageFailure
 from stages.fetch import CAPTION_SUFFIX, IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from stages.provision import provision_model
+from stages.registry import joycaption_spec
 
 NAME = StageName.CAPTION
 GEMINI_KEY_FIELD = "input.api_keys.gemini_api_key"
-CAPTIONED_TYPES = frozenset({DatasetType.VIDEOS, DatasetType.BOTH})
+VIDEO_CAPTIONED_TYPES = frozenset({DatasetType.VIDEOS, DatasetType.BOTH})
+IMAGE_CAPTIONED_TYPES = frozenset({DatasetType.IMAGES, DatasetType.BOTH})
 
 log = structlog.get_logger(__name__)
 
@@ -36,25 +54,20 @@ log = structlog.get_logger(__name__)
 async def run(ctx: StageContext) -> StageOutcome:
     dataset = ctx.request.dataset
     missing = [m for m in _media_files(ctx.paths.dataset) if not _caption_path(m).exists()]
-    skipped: list[str] = []
-    if dataset.type is not DatasetType.PRECAPTIONED:
-        images = [m for m in missing if m.suffix.lower() in IMAGE_SUFFIXES]
-        if images:
-            raise Permanent(
-                ErrorCode.UNSUPPORTED,
-                f"{len(images)} images have no caption and this worker has no image captioning "
-                "backend; send <name>.txt captions and use dataset.type 'precaptioned'",
-                field="dataset.type",
-            )
-        videos = [m for m in missing if m.suffix.lower() in VIDEO_SUFFIXES]
-        if videos and dataset.type in CAPTIONED_TYPES:
-            skipped = await _caption_videos(ctx, videos)
+    skipped: list[Path] = []
+    images = [m for m in missing if m.suffix.lower() in IMAGE_SUFFIXES]
+    if images and dataset.type in IMAGE_CAPTIONED_TYPES:
+        skipped += await _caption_images(ctx, images)
+    videos = [m for m in missing if m.suffix.lower() in VIDEO_SUFFIXES]
+    if videos and dataset.type in VIDEO_CAPTIONED_TYPES:
+        skipped += _drop(await _caption_with_gemini(ctx, videos, ctx.settings.gemini_prompt))
     media = _media_files(ctx.paths.dataset)
     if not media:
+        kind = "images" if any(p.suffix.lower() in IMAGE_SUFFIXES for p in skipped) else "videos"
         raise Permanent(
             ErrorCode.DATASET_INVALID,
-            f"no usable media left after captioning; skipped: {', '.join(skipped)}",
-            field="dataset.videos_url",
+            "no usable media left after captioning; skipped: " + ", ".join(p.name for p in skipped),
+            field=f"dataset.{kind}_url",
         )
     for item in media:
         _apply_trigger(item, dataset.trigger_word)
@@ -62,46 +75,126 @@ async def run(ctx: StageContext) -> StageOutcome:
         {
             "captioned": len(media),
             "missing_captions": len(missing),
-            "caption_skipped": ", ".join(skipped) or None,
+            "caption_skipped": ", ".join(p.name for p in skipped) or None,
             "caption_skipped_count": len(skipped),
         }
     )
 
 
-async def _caption_videos(ctx: StageContext, videos: list[Path]) -> list[str]:
-    """Caption ``videos`` with Gemini; remove and return the ones it could not process."""
-    key = ctx.request.api_keys.gemini_api_key
-    if key is None:  # preflight refuses this first; kept so the stage never calls without one
-        raise Permanent(
-            ErrorCode.INVALID_REQUEST, "videos need a Gemini key", field=GEMINI_KEY_FIELD
+async def _caption_images(ctx: StageContext, images: list[Path]) -> list[Path]:
+    if ctx.settings.caption_image_backend == "gemini":
+        return _drop(await _caption_with_gemini(ctx, images, ctx.settings.gemini_image_prompt))
+    return _drop(await _caption_with_joycaption(ctx, images))
+
+
+async def _caption_with_joycaption(
+    ctx: StageContext, images: list[Path]
+) -> dict[Path, CaptionError]:
+    """Caption ``images`` in batches with JoyCaption; return the ones it could not read."""
+    # transformers and torch take seconds to import: only a job with images to caption pays.
+    from stages.captioners.joycaption import JoyCaptioner, JoyCaptionOptions
+
+    folder = await _joycaption_weights(ctx)
+    options = JoyCaptionOptions.from_settings(ctx.settings)
+    trigger = ctx.request.dataset.trigger_word
+    try:
+        captioner = await JoyCaptioner.open(folder, options)
+        try:
+            return await caption_in_batches(
+                captioner,
+                images,
+                options.batch_size,
+                lambda path, text: atomic_write_text(
+                    _caption_path(path), with_trigger(text, trigger)
+                ),
+                ctx.stop_requested.is_set,
+            )
+        finally:
+            # Before training: the captioner's GPU memory must be free when the trainer starts.
+            await captioner.aclose()
+    except CaptionError as exc:
+        raise _stage_failure(exc, "image") from None
+
+
+async def _joycaption_weights(ctx: StageContext) -> Path:
+    """The folder to load JoyCaption from, provisioned from the Hub the first time.
+
+    Same lock, checks and marker as base weights, so of the workers sharing a volume one
+    downloads and the others wait. A failure here is the worker's (its settings, the Hub, the
+    volume), never the request's: the job is retried rather than failed for good.
+    """
+    settings = ctx.settings
+    if settings.joycaption_dir is not None:
+        return settings.joycaption_dir
+    spec = joycaption_spec(settings.joycaption_repo_id, settings.joycaption_revision)
+    models_dir = ctx.store.volume / MODELS_DIR / spec.model_type.value
+    try:
+        await provision_model(
+            spec,
+            models_dir,
+            HubClient(settings.hf_endpoint),
+            None,  # a public repository: the request's Hub token is not sent for it
+            should_stop=ctx.stop_requested.is_set,
+            retry_wait_s=settings.transient_retry_wait_s,
         )
+    except StageFailure as failure:
+        raise Retryable(
+            ErrorCode.PROVISION_FAILED, f"image captioning: {failure.message}"
+        ) from None
+    except Interrupted as stop:
+        raise Interrupted(stop.reason, stage=NAME) from None
+    return models_dir / spec.sources[0].subdir
+
+
+async def _caption_with_gemini(
+    ctx: StageContext, files: list[Path], prompt: str
+) -> dict[Path, CaptionError]:
+    """Caption ``files`` with Gemini; return the ones it could not process."""
+    key = _gemini_key(ctx)
     from stages.captioners.gemini import GeminiCaptioner, GeminiOptions  # google-genai is heavy
 
     trigger = ctx.request.dataset.trigger_word
-    captioner: Captioner = GeminiCaptioner(key, GeminiOptions.from_settings(ctx.settings))
+    options = dataclasses.replace(GeminiOptions.from_settings(ctx.settings), prompt=prompt)
+    captioner: Captioner = GeminiCaptioner(key, options)
     try:
-        rejected = await caption_files(
+        return await caption_files(
             captioner,
-            videos,
+            files,
             ctx.settings.caption_concurrency,
             lambda path, text: atomic_write_text(_caption_path(path), with_trigger(text, trigger)),
         )
     except CaptionError as exc:
-        raise _stage_failure(exc) from None
+        raise _stage_failure(exc, "Gemini") from None
     finally:
         await captioner.aclose()
+
+
+def _gemini_key(ctx: StageContext) -> SecretStr:
+    key = ctx.request.api_keys.gemini_api_key
+    if key is None:  # preflight refuses this first; kept so the stage never calls without one
+        raise Permanent(
+            ErrorCode.INVALID_REQUEST,
+            "captioning with Gemini needs a Gemini key",
+            field=GEMINI_KEY_FIELD,
+        )
+    return key
+
+
+def _drop(rejected: dict[Path, CaptionError]) -> list[Path]:
+    """Remove the files no caption could be made for; return them, sorted."""
     for path, error in sorted(rejected.items()):
         log.warning("caption_skipped", file=path.name, reason=error.message)
         path.unlink(missing_ok=True)
-    return [p.name for p in sorted(rejected)]
+    return sorted(rejected)
 
 
-def _stage_failure(exc: CaptionError) -> StageFailure:
+def _stage_failure(exc: CaptionError, what: str) -> StageFailure:
     if exc.fault is CaptionFault.AUTH:
         return Permanent(ErrorCode.INVALID_REQUEST, exc.message, field=GEMINI_KEY_FIELD)
-    # NO_MODEL is the worker's configuration and TRANSIENT the service's state: neither is the
-    # request's fault, and a later delivery (after a fix, or the quota refilled) can pass.
-    return Retryable(ErrorCode.INTERNAL_ERROR, f"video captioning: {exc.message}")
+    # NO_MODEL is the worker's configuration and TRANSIENT the service's (or the GPU's) state:
+    # neither is the request's fault, and a later delivery (after a fix, or the quota refilled)
+    # can pass.
+    return Retryable(ErrorCode.INTERNAL_ERROR, f"{what} captioning: {exc.message}")
 
 
 def _apply_trigger(item: Path, trigger: str | None) -> None:

@@ -16,6 +16,7 @@ from contracts.enums import DatasetType, ErrorCode, EventType, OutputMethod, Sta
 from contracts.events import StageData
 from contracts.ledger import Ledger, StageError, StageRecord
 from contracts.request import JobInput
+from infra.settings import ImageCaptionBackend
 from infra.volume import utcnow
 from stages import caption, configure, fetch, provision, publish, train
 from stages.context import StageContext
@@ -29,10 +30,14 @@ assert tuple(m.NAME for m in STAGES) == tuple(StageName), "pipeline order is Sta
 StageHook = Callable[[StageName, Callable[[], Awaitable[None]]], Awaitable[None]]
 
 
-def preflight(request: JobInput) -> None:
-    """Refuse, before any download, a request that this worker can never complete."""
+def preflight(request: JobInput, image_backend: ImageCaptionBackend = "joycaption") -> None:
+    """Refuse, before any download, a request that this worker can never complete.
+
+    ``image_backend`` is the worker's ``caption_image_backend``; ``run_stages`` checks the
+    captioning again with the worker's own settings before the first stage.
+    """
     _check_media(request)
-    _check_captioning(request)
+    _check_captioning(request, image_backend)
     if request.output.method not in publish.SUPPORTED_METHODS:
         supported = ", ".join(sorted(m.value for m in publish.SUPPORTED_METHODS))
         raise Permanent(
@@ -70,15 +75,23 @@ def _check_media(request: JobInput) -> None:
         )
 
 
-def _check_captioning(request: JobInput) -> None:
-    """Videos to caption need the caller's Gemini key: say so before downloading anything."""
-    if request.dataset.type in caption.CAPTIONED_TYPES and request.api_keys.gemini_api_key is None:
-        raise Permanent(
-            ErrorCode.INVALID_REQUEST,
-            f"dataset.type '{request.dataset.type}' has its videos captioned by Gemini: send "
-            "api_keys.gemini_api_key, or send captions and use dataset.type 'precaptioned'",
-            field=caption.GEMINI_KEY_FIELD,
-        )
+def _check_captioning(request: JobInput, image_backend: ImageCaptionBackend) -> None:
+    """Media that Gemini captions need the caller's Gemini key: say so before downloading."""
+    if request.api_keys.gemini_api_key is not None:
+        return
+    kind = request.dataset.type
+    if kind in caption.VIDEO_CAPTIONED_TYPES:
+        what = "videos captioned by Gemini"
+    elif kind in caption.IMAGE_CAPTIONED_TYPES and image_backend == "gemini":
+        what = "images captioned by Gemini on this worker"
+    else:
+        return
+    raise Permanent(
+        ErrorCode.INVALID_REQUEST,
+        f"dataset.type '{kind}' has its {what}: send "
+        "api_keys.gemini_api_key, or send captions and use dataset.type 'precaptioned'",
+        field=caption.GEMINI_KEY_FIELD,
+    )
 
 
 def _record_failure(
@@ -101,6 +114,9 @@ def _record_failure(
 async def run_stages(
     ctx: StageContext, save_ledger: Callable[[Ledger], None], hook: StageHook
 ) -> None:
+    if ctx.ledger.stage(StageName.CAPTION).status is not StageStatus.COMPLETED:
+        # Which captioner images get is the worker's setting, unknown to a bare preflight.
+        _check_captioning(ctx.request, ctx.settings.caption_image_backend)
     for module in STAGES:
         name: StageName = module.NAME
         record = ctx.ledger.stage(name)

@@ -69,7 +69,7 @@ async def run(ctx: StageContext) -> StageOutcome:
         return StageOutcome({"weights": "builtin"})
     result = await provision_model(
         spec,
-        ctx.store.models_dir(spec.model_type),
+        ctx.store.models_dir(ctx.request.model_type),
         HubClient(ctx.settings.hf_endpoint),
         ctx.request.huggingface_token(),
         should_stop=ctx.stop_requested.is_set,

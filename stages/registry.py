@@ -17,16 +17,26 @@ The facts come from diffusion-pipe's source (``models/*.py``, ``docs/supported_m
 - Z-Image loads ComfyUI files: ``diffusion_model``, ``vae``, ``text_encoders`` (Qwen3 4B, type
   ``lumina2``) and, for Turbo, merges Ostris' de-distill training adapter (``merge_adapters``).
 - Every other model saves ``adapter_model.safetensors`` (ComfyUI keys) + ``adapter_config.json``.
+
+JoyCaption, the caption stage's image captioner, is provisioned the same way
+(``joycaption_spec``): an ``AuxiliaryModel``, never a request's ``model_type``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from contracts.enums import ModelType
+
+
+class AuxiliaryModel(StrEnum):
+    """Weights a stage runs besides the base model: provisioned like it, never trained."""
+
+    JOYCAPTION = "joycaption"
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,7 @@ class HubSource:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    model_type: ModelType
+    model_type: ModelType | AuxiliaryModel
     display_name: str
     # diffusion-pipe's ``[model]`` table; ``Weights`` leaves are resolved by ``model_table_for``.
     model_table: Mapping[str, Any]
@@ -160,7 +170,7 @@ _DIFFUSERS_FLUX = (
 )
 
 MODELS: dict[ModelType, ModelSpec] = {
-    spec.model_type: spec
+    ModelType(spec.model_type): spec
     for spec in (
         ModelSpec(
             ModelType.TINY,
@@ -339,3 +349,31 @@ MODELS: dict[ModelType, ModelSpec] = {
 
 def spec_for(model_type: ModelType) -> ModelSpec:
     return MODELS[model_type]
+
+
+# -- JoyCaption: the image captioner (stages/captioners/joycaption.py) ------------------------
+JOYCAPTION_REPO = "fancyfeast/llama-joycaption-beta-one-hf-llava"
+
+
+def joycaption_spec(repo_id: str = JOYCAPTION_REPO, revision: str = "main") -> ModelSpec:
+    """The captioner's weights: one transformers snapshot (LLaVA: SigLIP + Llama 3.1, sharded).
+
+    The repository is a worker setting, so the spec is built from it; the folder is
+    ``models/joycaption/<repo name>/``, as the base models keep theirs.
+    """
+    return ModelSpec(
+        AuxiliaryModel.JOYCAPTION,
+        "JoyCaption (image captioner)",
+        {},
+        sources=(
+            HubSource(
+                repo_id,
+                repo_id.rsplit("/", 1)[-1],
+                ("*.json", "*.jinja", "*.safetensors"),
+                # The processor's own config is preprocessor_config.json in older saves and
+                # processor_config.json in newer ones: loading finds either, so neither is named.
+                ("config.json", "model.safetensors.index.json", "tokenizer.json"),
+                revision=revision,
+            ),
+        ),
+    )

@@ -72,6 +72,8 @@ class GeminiState:
     max_in_flight: int = 0
     deleted: list[str] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)
+    # display name → (mime type, prompt) of each file a caption was generated for
+    generated: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def count(self, route: str) -> None:
         with self.lock:
@@ -244,6 +246,10 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.in_flight -= 1
         state.count("generate")
+        parts = [p for c in request.get("contents", []) for p in c.get("parts", [])]
+        prompt = " ".join(p["text"] for p in parts if "text" in p)
+        with state.lock:
+            state.generated[file["displayName"]] = (file["mimeType"], prompt)
         text = f"a short clip named {file['displayName'].rsplit('.', 1)[0]}, filmed in daylight"
         raise _Reply(200, _candidate(text, model))
 

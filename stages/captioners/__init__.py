@@ -1,23 +1,37 @@
-"""Captioning backends behind one small protocol, and the bounded fan-out that drives them.
+"""Captioning backends behind two small protocols, and the loops that drive them.
 
-A backend captions one file at a time; ``caption_files`` runs up to ``concurrency`` of them at
-once (the limit that keeps a job inside the API's rate limits) and hands each caption to the
-caller as soon as it exists, so a crash loses at most the captions still in flight.
+A remote backend (Gemini) captions one file at a time; ``caption_files`` runs up to
+``concurrency`` of them at once (the limit that keeps a job inside the API's rate limits). A
+local model (JoyCaption) captions a batch per forward pass; ``caption_in_batches`` feeds it one
+batch after another. Both hand each caption to the caller as soon as it exists, so a crash
+loses at most the captions still in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
+
+from contracts.enums import StageName
+from stages.errors import Interrupted
 
 
 class Captioner(Protocol):
     """Turns one media file into one caption; ``aclose`` releases the backend's resources."""
 
     async def caption(self, media: Path) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
+class BatchCaptioner(Protocol):
+    """Turns several media files into captions in one call; a file it cannot read maps to a
+    ``FILE_REJECTED`` error instead of a caption, and any other fault is raised."""
+
+    async def caption_batch(self, media: Sequence[Path]) -> Mapping[Path, str | CaptionError]: ...
 
     async def aclose(self) -> None: ...
 
@@ -78,4 +92,29 @@ async def caption_files(
     except* CaptionError as failures:
         errors = [e for e in failures.exceptions if isinstance(e, CaptionError)]
         raise min(errors, key=lambda e: _SEVERITY.index(e.fault)) from None
+    return rejected
+
+
+async def caption_in_batches(
+    captioner: BatchCaptioner,
+    files: Sequence[Path],
+    batch_size: int,
+    on_caption: Callable[[Path, str], None],
+    should_stop: Callable[[], bool],
+) -> dict[Path, CaptionError]:
+    """Caption ``files`` ``batch_size`` at a time; return the rejected ones.
+
+    Between batches ``should_stop`` is asked: a stopping worker raises ``Interrupted`` there,
+    and what was captioned so far is kept for the next attempt.
+    """
+    rejected: dict[Path, CaptionError] = {}
+    for start in range(0, len(files), batch_size):
+        if should_stop():
+            raise Interrupted("the worker is shutting down", stage=StageName.CAPTION)
+        results = await captioner.caption_batch(files[start : start + batch_size])
+        for path, result in results.items():
+            if isinstance(result, CaptionError):
+                rejected[path] = result
+            else:
+                on_caption(path, result)
     return rejected

@@ -193,14 +193,27 @@ async def test_the_key_goes_only_to_gemini_never_to_logs_or_files(
         assert not leaked
 
 
-async def test_images_without_captions_are_unsupported(tmp_path: Path, gemini: Served) -> None:
-    """GIVEN a 'both' dataset with an uncaptioned image WHEN the stage runs THEN it fails as
-    unsupported (no image backend) before any video is sent to Gemini."""
+async def test_images_go_to_gemini_when_it_is_the_image_backend(
+    tmp_path: Path, gemini: Served
+) -> None:
+    """GIVEN a worker whose caption_image_backend is gemini and a 'both' dataset with an
+    uncaptioned image and video WHEN the stage runs THEN both are captioned by Gemini, the image
+    sent as an image with the image prompt, the video with the video prompt."""
     url, state = gemini
-    ctx = make_context(tmp_path, url, make_request("both"))
-    add_videos(ctx, ["a.mp4"])
-    write_image(ctx.paths.dataset / "images" / "photo.png")
+    ctx = make_context(
+        tmp_path,
+        url,
+        make_request("both"),
+        caption_image_backend="gemini",
+        gemini_image_prompt="Describe this still image.",
+    )
+    (video,) = add_videos(ctx, ["a.mp4"])
+    image = write_image(ctx.paths.dataset / "images" / "photo.png")
 
-    with pytest.raises(Permanent) as failed:
-        await caption.run(ctx)
-    assert failed.value.code is ErrorCode.UNSUPPORTED and state.calls == {}
+    outcome = await caption.run(ctx)
+
+    assert image.with_suffix(".txt").read_text().startswith("lqclip, a short clip named photo")
+    assert video.with_suffix(".txt").exists() and outcome.outputs["captioned"] == 2
+    assert state.generated["photo.png"] == ("image/png", "Describe this still image.")
+    assert state.generated["a.mp4"][0] == "video/mp4"
+    assert state.generated["a.mp4"][1] == ctx.settings.gemini_prompt

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from contracts.enums import ErrorCode, EventType
+from contracts.enums import ErrorCode, EventType, StageName
+from contracts.request import JobRequest
 from infra.local_stack import LocalStack
 from loraq.app import run_worker
 from stages.errors import Permanent
-from stages.pipeline import preflight
-from tests.captioning.conftest import make_request
+from stages.pipeline import preflight, run_stages
+from tests.captioning.conftest import GEMINI_KEY, make_context, make_request
 from tests.conftest import send_job, wait_for_terminal
 
 
@@ -33,6 +35,48 @@ def test_preflight_accepts_a_key_or_precaptioned_videos() -> None:
     """GIVEN a key, or precaptioned videos without one WHEN preflight runs THEN it passes."""
     preflight(make_request("videos").input)
     preflight(make_request("precaptioned", key=None).input)
+
+
+def _images_request(key: str | None = None) -> JobRequest:
+    body: dict[str, Any] = {
+        "model_type": "sdxl",
+        "dataset": {"type": "images", "images_url": "https://images.test/i.zip"},
+        "output": {"method": "local"},
+    }
+    if key is not None:
+        body["api_keys"] = {"gemini_api_key": key}
+    return JobRequest.model_validate({"input": body})
+
+
+def test_images_need_a_key_only_when_gemini_captions_them() -> None:
+    """GIVEN an images dataset without a Gemini key WHEN preflight runs THEN JoyCaption (the
+    default image backend) accepts it, and a worker whose image backend is Gemini refuses it
+    with invalid_request on input.api_keys.gemini_api_key."""
+    preflight(_images_request().input)
+    preflight(_images_request(GEMINI_KEY).input, image_backend="gemini")
+    with pytest.raises(Permanent, match="images") as refused:
+        preflight(_images_request().input, image_backend="gemini")
+    assert refused.value.code is ErrorCode.INVALID_REQUEST
+    assert refused.value.field == "input.api_keys.gemini_api_key"
+
+
+async def test_the_workers_image_backend_is_checked_before_the_first_stage(
+    tmp_path: Path,
+) -> None:
+    """GIVEN a worker whose image backend is Gemini and an images job without a key
+    WHEN the pipeline runs THEN it refuses before any stage starts (nothing is downloaded)."""
+    ctx = make_context(
+        tmp_path, "http://127.0.0.1:9", _images_request(), caption_image_backend="gemini"
+    )
+    started: list[StageName] = []
+
+    async def hook(name: StageName, body: Callable[[], Awaitable[None]]) -> None:
+        started.append(name)
+        await body()
+
+    with pytest.raises(Permanent) as refused:
+        await run_stages(ctx, lambda ledger: None, hook)
+    assert refused.value.field == "input.api_keys.gemini_api_key" and started == []
 
 
 class _Counting(http.server.BaseHTTPRequestHandler):
