@@ -16,7 +16,6 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 # Which service captions images without a caption (videos always go to Gemini).
 ImageCaptionBackend = Literal["joycaption", "gemini"]
 
