@@ -136,7 +136,7 @@ class HubUpdatesSink:
         self._redact = Redactor(self._secrets)
         self._clock = clock
         self._timeout = flush_timeout_s
-        self._dirty = self._news = self._off = self._warned = False
+        self._dirty = self._news = self._off = self._warned = self._closing = False
         self._last_flush: float | None = None
         self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -172,17 +172,19 @@ class HubUpdatesSink:
             await self._flush()
             return
         self._news = self._news or event.type in _NEWS
-        if self._task is None:
+        if self._task is None and not self._closing:
             self._task = asyncio.create_task(self._run(), name=f"hub-updates-{self._job_id}")
         self._idle.clear()
         self._wake.set()
 
     async def close(self) -> None:
         """Stop batching and commit what is not committed yet (awaited, bounded)."""
+        # The batching task is asked to stop, not cancelled: it ends after a commit under way
+        # (bounded by the timeout), so that commit is neither abandoned nor raced.
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
             self._task = None
         await self._flush()
         self._idle.set()
@@ -194,7 +196,7 @@ class HubUpdatesSink:
 
     # -- batching ---------------------------------------------------------------------------
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             self._wake.clear()
             delay = self._delay()
             if delay == 0:
@@ -202,7 +204,8 @@ class HubUpdatesSink:
                 continue
             self._idle.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     def _delay(self) -> float | None:
         """Seconds until the next commit is due; 0: now; None: nothing to commit."""
@@ -214,6 +217,15 @@ class HubUpdatesSink:
         return max(0.0, self._last_flush + gap - self._clock())
 
     async def _flush(self) -> None:
+        # Bounded as a whole, waiting for a commit already under way included: a terminal
+        # event's flush runs while the job's message waits to be acknowledged.
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._flush_once()
+        except TimeoutError as exc:
+            self._failed(exc)
+
+    async def _flush_once(self) -> None:
         async with self._flush_lock:
             if self._off or not self._dirty:
                 return
@@ -222,9 +234,9 @@ class HubUpdatesSink:
             self._snapshots += 1
             snapshot = (self._snapshots, self._view, list(self._history))
             try:
-                await asyncio.wait_for(asyncio.to_thread(self._push, *snapshot), self._timeout)
+                await asyncio.to_thread(self._push, *snapshot)
             except asyncio.CancelledError:
-                self._dirty = True  # close() commits it
+                self._dirty = True  # timed out or cancelled: the next flush commits it
                 raise
             except Exception as exc:  # the user's repo never fails the job
                 self._dirty = True

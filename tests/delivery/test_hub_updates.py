@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, MutableMapping
+import threading
+import time
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from contracts.events import (
 from contracts.request import JobInput
 from contracts.result import OutputInfo
 from contracts.status import JobStatusView
+from infra.hub import HubAccessDenied, HubUnavailable
 from infra.hub_updates import HubUpdatesSink, updates_sink_for, updates_target
 from infra.hub_upload import HubUploader, default_repo_id
 from infra.settings import Settings
@@ -348,3 +351,84 @@ def test_updates_can_be_switched_off(tmp_path: Path) -> None:
         JOB, _request(method="huggingface"), settings=settings, store=JobStore(tmp_path)
     )
     assert sink is None
+
+
+class FakeUploader:
+    """Our own uploader interface, for what the local Hub cannot do: hang, or fail on cue."""
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.release = threading.Event()
+        self.release.set()
+        self.attempts = 0
+        self.commits: list[dict[str, bytes | Path]] = []
+
+    def whoami(self) -> str:
+        return "alice"
+
+    def ensure_repo(self, repo_id: str, *, private: bool) -> str:
+        return f"http://hub.test/{repo_id}"
+
+    def commit(self, repo_id: str, files: Mapping[str, bytes | Path], message: str) -> str:
+        self.attempts += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        self.release.wait(timeout=30)
+        self.commits.append(dict(files))
+        return f"commit-{len(self.commits)}"
+
+    def last_status(self) -> JobStatusView:
+        data = self.commits[-1][STATUS_FILE]
+        assert isinstance(data, bytes)
+        return JobStatusView.model_validate_json(data)
+
+
+def _accepted() -> CloudEvent:
+    return _event(EventType.JOB_ACCEPTED, AcceptedData(job_id=JOB, model_type=ModelType.TINY))
+
+
+async def test_a_hanging_hub_delays_the_terminal_event_only_up_to_the_timeout(
+    logs: list[MutableMapping[str, Any]],
+) -> None:
+    """GIVEN a Hub that hangs on commit WHEN the terminal event comes THEN publish returns after
+    the flush timeout without raising; once the Hub answers, close commits the final status
+    after the stale one, never before it."""
+    uploader = FakeUploader()
+    uploader.release.clear()
+    sink = HubUpdatesSink(uploader, JOB, repo_id=None, clock=Clock(), flush_timeout_s=0.3)
+    await sink.publish(_accepted())
+    started = time.monotonic()
+    await sink.publish(_succeeded())
+    assert time.monotonic() - started < 5
+    uploader.release.set()
+    await sink.close()
+    assert uploader.last_status().status is JobStatus.SUCCEEDED
+    assert uploader.last_status().download_url == DOWNLOAD
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["hub_updates_failed"]
+
+
+async def test_a_throttled_flush_is_retried_at_the_next_one() -> None:
+    """GIVEN the Hub answers 429 once WHEN the next flush comes THEN it commits everything."""
+    uploader, clock = FakeUploader(HubUnavailable("alice/x: the Hub answered 429")), Clock()
+    sink = HubUpdatesSink(uploader, JOB, repo_id=None, clock=clock, interval_s=60)
+    await sink.publish(_accepted())
+    await sink.wait_idle()
+    assert uploader.commits == []
+    clock.now += 60
+    await sink.publish(_progress(1))
+    await sink.wait_idle()
+    assert len(uploader.commits) == 1 and uploader.last_status().step == 1
+    await sink.close()
+
+
+async def test_a_refused_token_switches_the_updates_off_for_the_job() -> None:
+    """GIVEN the Hub refuses the token WHEN more events and the end come THEN no more tries."""
+    uploader, clock = FakeUploader(HubAccessDenied("denied", gated=False)), Clock()
+    sink = HubUpdatesSink(uploader, JOB, repo_id="alice/mine", clock=clock, interval_s=0)
+    await sink.publish(_accepted())
+    await sink.wait_idle()
+    for step in (1, 2):
+        await sink.publish(_progress(step))
+    await sink.publish(_succeeded())
+    await sink.close()
+    assert uploader.attempts == 1 and uploader.commits == []
