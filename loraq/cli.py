@@ -55,17 +55,14 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from contracts.enums import ModelType
     from loraq.model_commands import provision_command
 
     configure_logging("WARNING", json=False)
-    types = [ModelType(name) for name in args.model_types]
-    return provision_command(types, Path(args.volume), args.endpoint)
+    return provision_command(args.model_types, Path(args.volume), args.endpoint)
 
 
 def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from contracts.enums import ModelType
-    from loraq.model_commands import default_volume
+    from loraq.model_commands import PROVISIONABLE, default_volume
 
     config = sub.add_parser(
         "config", help="write the train.toml and dataset.toml a job would run with (offline)"
@@ -81,9 +78,7 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     provision = sub.add_parser(
         "provision", help="download model weights into the volume's models/ (token: $HF_TOKEN)"
     )
-    provision.add_argument(
-        "model_types", nargs="+", metavar="TYPE", choices=[t.value for t in ModelType]
-    )
+    provision.add_argument("model_types", nargs="+", metavar="TYPE", choices=PROVISIONABLE)
     provision.add_argument(
         "--volume",
         default=str(default_volume()),

@@ -6,7 +6,8 @@ given volume. It touches neither the network nor the volume.
 
 ``provision`` downloads model types' weights into ``<volume>/models/<type>/`` exactly as the
 provision stage does (same lock, same checks, same marker), so a volume can be filled before
-any job arrives. The token comes from ``HF_TOKEN``.
+any job arrives; ``joycaption`` fills ``models/joycaption/`` the way the caption stage would on
+its first uncaptioned image. The token comes from ``HF_TOKEN``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from stages.configure import build_configs, write_configs
 from stages.errors import Interrupted, StageFailure
 from stages.pipeline import preflight
 from stages.provision import provision_model
-from stages.registry import spec_for
+from stages.registry import AuxiliaryModel, ModelSpec, joycaption_spec, spec_for
 
 
 def default_volume() -> Path:
@@ -86,8 +87,18 @@ def _validate(raw: Any, err: TextIO) -> JobInput | None:
         return None
 
 
+# What ``loraq provision`` accepts: every model type, and the image captioner.
+PROVISIONABLE = [t.value for t in ModelType] + [m.value for m in AuxiliaryModel]
+
+
+def _spec(name: str) -> ModelSpec:
+    if name == AuxiliaryModel.JOYCAPTION:
+        return joycaption_spec()
+    return spec_for(ModelType(name))
+
+
 def provision_command(
-    model_types: list[ModelType], volume: Path, endpoint: str | None, out: TextIO | None = None
+    model_types: list[str], volume: Path, endpoint: str | None, out: TextIO | None = None
 ) -> int:
     """Provision each type in turn; stop at the first failure with its field and message."""
     out = out or sys.stdout
@@ -95,13 +106,13 @@ def provision_command(
     token_value = os.environ.get("HF_TOKEN")
     token = SecretStr(token_value) if token_value else None
     for model_type in model_types:
-        spec = spec_for(model_type)
+        spec = _spec(model_type)
         if spec.builtin:
             print(f"{model_type}: built in, nothing to download", file=out)
             continue
-        models_dir = volume / MODELS_DIR / model_type.value
+        models_dir = volume / MODELS_DIR / spec.model_type.value
 
-        def waiting(model_type: ModelType = model_type) -> None:
+        def waiting(model_type: str = model_type) -> None:
             print(f"{model_type}: waiting: another process is downloading it", file=out, flush=True)
 
         try:

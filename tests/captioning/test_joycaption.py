@@ -3,6 +3,7 @@ generation and decoding, on a tiny randomly initialised JoyCaption-shaped model 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import shutil
 import weakref
@@ -214,3 +215,25 @@ async def test_weights_are_provisioned_from_the_hub_on_first_use(
     assert any(r.path.endswith("model.safetensors.index.json") for r in downloads)
     assert joycaption_hub.file_gets(JOYCAPTION_REPO) == downloads
     assert spy.batches == [1, 1]
+
+
+async def test_loraq_provision_fills_the_volume_before_any_job(
+    tmp_path: Path, joycaption_hub: LocalHub, spy: Spy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN `loraq provision joycaption` run against the Hub WHEN a job then captions images
+    THEN the stage finds the weights by their marker and downloads nothing more."""
+    from loraq import cli
+
+    monkeypatch.setattr(cli, "configure_logging", lambda *args, **kwargs: None)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    args = ["provision", "joycaption", "--volume", str(tmp_path), "--endpoint", joycaption_hub.url]
+    assert await asyncio.to_thread(cli.main, args) == 0  # the command runs its own loop
+    assert (tmp_path / MODELS_DIR / "joycaption" / MARKER_FILE).is_file()
+    downloads = joycaption_hub.file_gets(JOYCAPTION_REPO)
+
+    ctx = _context(tmp_path, None, hf_endpoint=joycaption_hub.url)
+    _images(ctx, ["a.png"])
+    await caption.run(ctx)
+
+    assert joycaption_hub.file_gets(JOYCAPTION_REPO) == downloads
+    assert spy.batches == [1]
