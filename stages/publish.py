@@ -21,6 +21,7 @@ from stages.delivery import Bundle, DeliveryError
 from stages.delivery import huggingface as huggingface_delivery
 from stages.delivery import litterbox as litterbox_delivery
 from stages.delivery import local as local_delivery
+from stages.delivery import record as records
 from stages.delivery import s3 as s3_delivery
 from stages.delivery import transfer_sh as transfer_sh_delivery
 from stages.errors import Permanent, Retryable
@@ -111,6 +112,12 @@ async def _deliver_one(ctx: StageContext, method: OutputMethod, bundle: Bundle) 
 
 async def _deliver_auto(ctx: StageContext, bundle: Bundle, reasons: list[str]) -> OutputInfo:
     candidates = auto_candidates(ctx.request)
+    recorded = records.load(records.record_path(ctx.paths.root))
+    if recorded is not None and recorded.method in candidates:
+        # A re-run after a crash: the host that took the upload last time goes first, so its
+        # link is reused instead of the same archive going to an earlier host a second time.
+        candidates.remove(recorded.method)
+        candidates.insert(0, recorded.method)
     if OutputMethod.HUGGINGFACE in AUTO_ORDER and OutputMethod.HUGGINGFACE not in candidates:
         reasons.append("huggingface: no token in the request")
     retryable = False

@@ -330,3 +330,23 @@ async def test_a_host_refusing_the_upload_with_a_4xx_fails_for_good(
         await publish.run(_context(tmp_path, litterbox, transfer_sh, "transfer_sh"))
     assert failed.value.message == ("transfer.sh refused the upload: HTTP 403: Forbidden")
     assert transfer_sh.attempts == 1
+
+
+async def test_an_auto_rerun_goes_back_to_the_host_that_took_the_upload(
+    tmp_path: Path, litterbox: LocalLitterbox, transfer_sh: LocalTransferSh
+) -> None:
+    """GIVEN ``auto`` fell through to transfer.sh and the worker died before the ledger said so
+    WHEN publish runs again with litterbox healthy THEN transfer.sh's recorded link is reused:
+    nothing goes to litterbox and nothing is uploaded twice."""
+    litterbox.fail_status = 500
+    await publish.run(_context(tmp_path, litterbox, transfer_sh, "auto"))
+    first = _result(tmp_path)["output"]
+    assert first["download_method"] == "transfer_sh"
+
+    litterbox.fail_status = None
+    attempts = litterbox.attempts
+    outcome = await publish.run(_context(tmp_path, litterbox, transfer_sh, "auto"))
+    assert outcome.outputs["delivered_by"] == "transfer_sh"
+    assert litterbox.attempts == attempts and litterbox.uploads == []
+    assert len(transfer_sh.uploads) == 1
+    assert _result(tmp_path)["output"]["download_url"] == first["download_url"]
