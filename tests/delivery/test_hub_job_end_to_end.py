@@ -9,9 +9,12 @@ import pytest
 import yaml
 from huggingface_hub import hf_hub_download
 
-from contracts.enums import EventType
+from contracts.enums import EventType, JobStatus
+from contracts.events import CloudEvent
+from contracts.status import JobStatusView
 from infra.local_stack import LocalStack
 from infra.loss_chart import render_loss_chart
+from infra.updates_files import HISTORY_FILE, LOSS_CHART_FILE, STATUS_FILE
 from infra.volume import JobStore
 from loraq.app import run_worker
 from loraq.demo import demo_request, upload_dataset
@@ -30,7 +33,8 @@ async def test_a_job_with_output_method_huggingface_lands_in_the_users_repo(
     """GIVEN a tiny job asking for output.method huggingface with a write token
     WHEN one worker runs it against the local Hub
     THEN it succeeds, the private repo alice/loraq-<job> holds the newest LoRA (the volume's
-    bytes), its card and the chart of the job's own losses, and the token is on no file."""
+    bytes), its card and the chart of the job's own losses, UPDATES/ holds the final status
+    with the link and the whole journal, and the token is on no file."""
     body = demo_request(upload_dataset(stack), stack, job_id=JOB, epochs=2, save_every_n_epochs=1)
     body["input"]["output"] = {"method": "huggingface", "huggingface": {"token": WRITE_TOKEN}}
     send_job(stack, body)
@@ -72,6 +76,19 @@ async def test_a_job_with_output_method_huggingface_lands_in_the_users_repo(
         if e.type is EventType.JOB_PROGRESS and e.data["loss"] is not None
     ]
     assert points and repo.files["loss_chart.png"] == render_loss_chart(points)
+
+    # UPDATES/: the sink the worker attached for this job; its final status carries the link.
+    status = JobStatusView.model_validate_json(repo.files[STATUS_FILE])
+    assert status.status is JobStatus.SUCCEEDED and status.download_url == output["download_url"]
+    history = [
+        CloudEvent.model_validate_json(line)
+        for line in repo.files[HISTORY_FILE].split(b"\n")
+        if line
+    ]
+    assert [e.id for e in history] == [e.id for e in journal]
+    assert repo.files[LOSS_CHART_FILE].startswith(b"\x89PNG")
+    for name, content in repo.files.items():
+        assert WRITE_TOKEN.encode() not in content, name
 
     for path in tmp_path.rglob("*"):
         if path.is_file() and "dl" not in path.parts:
