@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from consumer.events import EventPublisher, EventSink, EventsUndelivered
@@ -115,26 +116,7 @@ async def test_the_runner_attaches_the_jobs_sink_and_detaches_it_when_the_job_en
         built.append((job_id, request))
         return sink
 
-    publisher = _publisher(tmp_path, RecordingSink())
-    runner = JobRunner(
-        FakeQueue(),
-        store,
-        publisher,
-        Settings(queue_url="q", volume=tmp_path, worker_id="me"),
-        RetryPolicy(max_receives=1),
-        stop_requested=asyncio.Event(),
-        job_sinks=factory,
-    )
-    # A private address is refused at once: the job fails in fetch, without any network.
-    body = {
-        "input": {
-            "job_id": "job-1",
-            "model_type": "tiny",
-            "dataset": {"type": "precaptioned", "images_url": "http://10.0.0.1/d.zip"},
-            "output": {"method": "local"},
-        }
-    }
-    await runner.handle(QueueMessage("m", "rh", json.dumps(body), 1, {}))
+    await _run_failing_job(tmp_path, store, RecordingSink(), factory, "job-1")
     assert [job_id for job_id, _ in built] == ["job-1"]
     assert sink.events[0].type is EventType.JOB_ACCEPTED
     assert sink.events[-1].type is EventType.JOB_FAILED
@@ -149,22 +131,33 @@ async def test_a_factory_that_fails_leaves_the_job_running(tmp_path: Path) -> No
         raise OSError("journal unreadable")
 
     sns = RecordingSink()
+    await _run_failing_job(tmp_path, JobStore(tmp_path), sns, factory, "job-2")
+    assert sns.events[-1].type is EventType.JOB_FAILED
+
+
+async def _run_failing_job(
+    volume: Path,
+    store: JobStore,
+    sns: RecordingSink,
+    factory: Callable[[str, JobInput], RecordingSink],
+    job_id: str,
+) -> None:
+    """One job through a real runner; its private dataset address fails it in fetch at once."""
     runner = JobRunner(
         FakeQueue(),
-        JobStore(tmp_path),
-        _publisher(tmp_path, sns),
-        Settings(queue_url="q", volume=tmp_path, worker_id="me"),
+        store,
+        _publisher(volume, sns),
+        Settings(queue_url="q", volume=volume, worker_id="me"),
         RetryPolicy(max_receives=1),
         stop_requested=asyncio.Event(),
         job_sinks=factory,
     )
     body = {
         "input": {
-            "job_id": "job-2",
+            "job_id": job_id,
             "model_type": "tiny",
             "dataset": {"type": "precaptioned", "images_url": "http://10.0.0.1/d.zip"},
             "output": {"method": "local"},
         }
     }
     await runner.handle(QueueMessage("m", "rh", json.dumps(body), 1, {}))
-    assert sns.events[-1].type is EventType.JOB_FAILED
