@@ -60,7 +60,7 @@ def config_command(job_file: Path, out: Path, volume: Path, err: TextIO | None =
         return 1
     paths = JobPaths(volume / JOBS_DIR / (request.job_id or PLACEHOLDER_JOB_ID))
     models_dir = volume / MODELS_DIR / request.model_type.value
-    configs = build_configs(request, paths, models_dir, media_counts={})
+    configs = build_configs(request, paths, models_dir, media={})
     write_configs(configs, out)
     for name in ("train.toml", "dataset.toml"):
         print(out / name)

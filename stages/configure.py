@@ -3,11 +3,14 @@
 The request's documented fields map onto diffusion-pipe's keys; unknown ``training`` keys pass
 through, to the table where diffusion-pipe reads them (``[model]``, ``[adapter]``,
 ``[optimizer]``, the dataset file) or else the top level. ``build_configs`` is pure so that
-``loraq config`` and the golden tests produce exactly what a job would run with.
+``loraq config`` and the golden tests produce exactly what a job would run with; the run's
+total step count (the progress bar's denominator) comes from ``stages/step_count.py``, fed with
+header measurements of the downloaded media.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,9 @@ from contracts.enums import StageName
 from contracts.request import TOML_TABLES, JobInput
 from infra.volume import JobPaths, atomic_write_text
 from stages.context import StageContext, StageOutcome
-from stages.fetch import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from stages.dataset_scan import measure_directory
 from stages.registry import ModelSpec, spec_for
+from stages.step_count import MediaFile, Trainer, predict_total_steps, unmeasured
 
 NAME = StageName.CONFIGURE
 TRAIN_TOML = "train.toml"
@@ -84,8 +88,18 @@ class Configs:
 
 
 def build_configs(
-    request: JobInput, paths: JobPaths, models_dir: Path, media_counts: dict[str, int]
+    request: JobInput,
+    paths: JobPaths,
+    models_dir: Path,
+    media: Sequence[MediaFile] | Mapping[str, int],
+    *,
+    num_gpus: int = 1,
 ) -> Configs:
+    """Both TOML tables and the run's step count (``stages/step_count.py``).
+
+    ``media`` is the dataset's measurements (``measure_media``), or only counts per folder
+    (``{"images": 10}``) where nothing can be measured; counts give the simple estimate.
+    """
     spec = spec_for(request.model_type)
     t = request.training
     train: dict[str, Any] = {
@@ -117,7 +131,14 @@ def build_configs(
     }
     dataset = _dataset_table(request, spec, paths)
     _route_extras(t.extra_keys, train, dataset)
-    total = _total_steps(request, media_counts, train)
+    total = predict_total_steps(
+        train,
+        dataset,
+        _as_media(media, paths),
+        trainer=Trainer.TINY if spec.builtin else Trainer.DIFFUSION_PIPE,
+        framerate=spec.framerate,
+        num_gpus=num_gpus,
+    )
     return Configs(train, dataset, total)
 
 
@@ -160,28 +181,20 @@ def _route_extras(extras: dict[str, Any], train: dict[str, Any], dataset: dict[s
             train[key] = value
 
 
-def _total_steps(request: JobInput, counts: dict[str, int], train: dict[str, Any]) -> int:
-    """Optimizer steps for the whole run: items × repeats per epoch ÷ (batch × accumulation)."""
-    items = (
-        counts.get("images", 0) * request.dataset.image_repeats
-        + counts.get("videos", 0) * request.dataset.video_repeats
-    )
-    per_step = int(train["micro_batch_size_per_gpu"]) * int(train["gradient_accumulation_steps"])
-    per_epoch = max(1, items // per_step)
-    total = per_epoch * int(train["epochs"])
-    if isinstance(train.get("max_steps"), int):
-        total = min(total, int(train["max_steps"]))
-    return total
+def measure_media(dataset_dir: Path) -> list[MediaFile]:
+    """Header measurements of ``images/`` and ``videos/``: what the step count is built from."""
+    return measure_directory(dataset_dir / "images") + measure_directory(dataset_dir / "videos")
 
 
-def count_media(dataset_dir: Path) -> dict[str, int]:
-    def count(sub: str, suffixes: frozenset[str]) -> int:
-        folder = dataset_dir / sub
-        if not folder.exists():
-            return 0
-        return sum(1 for p in folder.iterdir() if p.suffix.lower() in suffixes)
-
-    return {"images": count("images", IMAGE_SUFFIXES), "videos": count("videos", VIDEO_SUFFIXES)}
+def _as_media(media: Sequence[MediaFile] | Mapping[str, int], paths: JobPaths) -> list[MediaFile]:
+    """Counts alone (no files to measure yet) become unmeasured files: the estimate's fallback."""
+    if isinstance(media, Mapping):
+        return [
+            file
+            for kind, count in media.items()
+            for file in unmeasured(paths.dataset / kind, count)
+        ]
+    return list(media)
 
 
 def write_configs(configs: Configs, config_dir: Path) -> None:
@@ -191,7 +204,13 @@ def write_configs(configs: Configs, config_dir: Path) -> None:
 
 async def run(ctx: StageContext) -> StageOutcome:
     models_dir = ctx.store.models_dir(ctx.request.model_type)
-    configs = build_configs(ctx.request, ctx.paths, models_dir, count_media(ctx.paths.dataset))
+    configs = build_configs(
+        ctx.request,
+        ctx.paths,
+        models_dir,
+        measure_media(ctx.paths.dataset),
+        num_gpus=ctx.settings.num_gpus,
+    )
     write_configs(configs, ctx.paths.config)
     return StageOutcome(
         {"train_toml": str(ctx.paths.config / TRAIN_TOML), "total_steps": configs.total_steps}

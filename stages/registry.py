@@ -82,6 +82,9 @@ class ModelSpec:
     # Latents and text embeddings are cached by a separate ``--cache_only`` run, recorded in
     # the ledger, so a crash after caching never pays for it again. ``tiny`` caches nothing.
     caches_latents: bool = True
+    # diffusion-pipe resamples every video to the model's framerate before picking its frame
+    # bucket (models/wan/wan.py ``WanPipeline.framerate``); None: the model takes no video.
+    framerate: int | None = None
 
     @property
     def gated(self) -> bool:
@@ -128,6 +131,8 @@ _XLM_TOKENIZER = tuple(
 )
 _WAN_PATTERNS = ("config.json", "diffusion_pytorch_model*", _WAN_T5, _WAN_VAE, "google/umt5-xxl/*")
 _WAN_I2V_PATTERNS = (*_WAN_PATTERNS, _WAN_CLIP, "xlm-roberta-large/*")
+# Wan 2.1 (t2v 1.3B/14B, i2v 14B) trains at 16 fps; only SkyReels and Wan 2.2 5B use 24.
+_WAN_FRAMERATE = 16
 _WAN_SHARDED = ("config.json", "diffusion_pytorch_model.safetensors.index.json")
 
 
@@ -237,6 +242,7 @@ MODELS: dict[ModelType, ModelSpec] = {
             "Wan 1.3B",
             _wan_table("Wan2.1-T2V-1.3B", fp8=False),
             videos=True,
+            framerate=_WAN_FRAMERATE,
             sources=(
                 HubSource(
                     "Wan-AI/Wan2.1-T2V-1.3B",
@@ -258,6 +264,7 @@ MODELS: dict[ModelType, ModelSpec] = {
             "Wan 14B T2V",
             _wan_table("Wan2.1-T2V-14B", fp8=True),
             videos=True,
+            framerate=_WAN_FRAMERATE,
             sources=(
                 HubSource(
                     "Wan-AI/Wan2.1-T2V-14B",
@@ -275,6 +282,7 @@ MODELS: dict[ModelType, ModelSpec] = {
             images=False,
             videos=True,
             videos_only=True,
+            framerate=_WAN_FRAMERATE,
             sources=(
                 HubSource(
                     "Wan-AI/Wan2.1-I2V-14B-480P",
