@@ -1,14 +1,22 @@
 """Dataset loading for the tiny trainer: diffusion-pipe's dataset.toml, images + captions.
 
+Files are listed, measured and bucketed exactly as diffusion-pipe does it (``stages/
+dataset_scan.py``, ``stages/step_count.py`` ``plan_dataset``): aspect-ratio, resolution and
+frame buckets, repeats, captions, and per-bucket batches that drop each bucket's remainder, so
+an epoch has the number of steps loraq predicts. The simplification: the tiny model has one
+square input size, so every image is centre-cropped to the first resolution whatever bucket
+it is in; the buckets decide which images share a batch and how many batches there are.
+
 Images are decoded once into one float tensor (a few KB each at 32×32), so there is no cache to
-build and `--cache_only` is only a validation pass. The epoch order is a permutation seeded by
-(seed, epoch), so the loader's whole state is (epoch, batches pulled) and a resumed run sees
-exactly the batches an uninterrupted run would have.
+build and `--cache_only` is only a validation pass. The epoch order is seeded by (seed, epoch),
+so the loader's whole state is (epoch, batches pulled) and a resumed run sees exactly the
+batches an uninterrupted run would have.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +24,8 @@ import toml
 import torch
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".gif"}
-)
-# Files diffusion-pipe never treats as media.
-_NON_MEDIA_SUFFIXES = frozenset({".txt", ".npz", ".json", ".parquet", ".bak", ".db"})
+from stages.dataset_scan import is_video, measure_file, media_paths
+from stages.step_count import MediaFile, plan_dataset
 
 
 @dataclass(frozen=True)
@@ -39,15 +43,23 @@ class DatasetSpec:
 
     resolution: int
     directories: tuple[DirectorySpec, ...]
+    # The whole dataset.toml: the bucketing keys ``plan_dataset`` reads.
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
 class ImageDataset:
-    """Decoded images [n, 3, N, N] in [-1, 1], their captions, and the repeat-expanded index."""
+    """Decoded images [n, 3, N, N] in [-1, 1], their captions, and the items to train on.
+
+    ``items`` maps each item (repeats included) to its image, bucket after bucket;
+    ``bucket_sizes`` says how many consecutive items each bucket holds.
+    """
 
     images: torch.Tensor
     captions: tuple[str, ...]
     items: tuple[int, ...]
+    bucket_sizes: tuple[int, ...] = ()
+    subsample_ratio: float | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -68,7 +80,7 @@ def _first_resolution(resolutions: Any) -> int:
 
 
 def parse_dataset_config(path: str | Path) -> DatasetSpec:
-    """Read dataset.toml; bucketing keys (enable_ar_bucket, frame_buckets, ...) are ignored."""
+    """Read dataset.toml; the bucketing keys are kept whole for ``plan_dataset``."""
     with open(path) as f:
         cfg = toml.load(f)
     directories = []
@@ -80,7 +92,7 @@ def parse_dataset_config(path: str | Path) -> DatasetSpec:
         directories.append(DirectorySpec(Path(table["path"]), repeats, prefix))
     if not directories:
         raise ValueError(f"{path} has no [[directory]] table")
-    return DatasetSpec(_first_resolution(cfg.get("resolutions")), tuple(directories))
+    return DatasetSpec(_first_resolution(cfg.get("resolutions")), tuple(directories), cfg)
 
 
 def load_image(path: Path, resolution: int) -> torch.Tensor:
@@ -96,50 +108,66 @@ def load_image(path: Path, resolution: int) -> torch.Tensor:
 
 
 def read_caption(image_path: Path) -> str:
-    """The same-stem .txt caption, or "" when there is none (diffusion-pipe's behaviour)."""
+    """The same-stem .txt caption, or "" without one (kept only when skip_empty_caption is off,
+    as diffusion-pipe does)."""
     caption_file = image_path.with_suffix(".txt")
     return caption_file.read_text().strip() if caption_file.is_file() else ""
 
 
-def _media_files(directory: Path) -> tuple[list[Path], list[Path]]:
-    """Sorted (images, videos) in `directory`; other files are not media."""
+def _measure_images(directory: Path) -> list[MediaFile]:
+    """The directory's images as diffusion-pipe lists them; videos and unreadable files are
+    skipped with a warning (tiny is image-only)."""
     if not directory.is_dir():
         raise FileNotFoundError(f"dataset directory does not exist: {directory}")
-    images, videos = [], []
-    for file in sorted(directory.iterdir()):
-        suffix = file.suffix.lower()
-        if not file.is_file() or suffix in _NON_MEDIA_SUFFIXES:
+    files = media_paths(directory)
+    videos = [file for file in files if is_video(file)]
+    if videos:
+        print(
+            f"WARNING: skipping {len(videos)} video file(s) in {directory}: "
+            "the tiny model is image-only",
+            flush=True,
+        )
+    measured = []
+    for file in files:
+        if is_video(file):
             continue
-        if suffix in IMAGE_EXTENSIONS:
-            images.append(file)
-        elif suffix in VIDEO_EXTENSIONS:
-            videos.append(file)
-    return images, videos
+        found = measure_file(file)
+        if found is None or not found.measured:
+            print(f"WARNING: {file} could not be opened as an image. Skipping.", flush=True)
+            continue
+        measured.append(found)
+    if not measured:
+        print(f"WARNING: directory {directory} has no images", flush=True)
+    return measured
 
 
 def load_dataset(spec: DatasetSpec) -> ImageDataset:
-    """Decode every image of every directory; skip videos with a warning (tiny is image-only)."""
-    images: list[torch.Tensor] = []
-    captions: list[str] = []
-    items: list[int] = []
-    for directory in spec.directories:
-        files, videos = _media_files(directory.path)
-        if videos:
-            print(
-                f"WARNING: skipping {len(videos)} video file(s) in {directory.path}: "
-                "the tiny model is image-only",
-                flush=True,
-            )
-        if not files:
-            print(f"WARNING: directory {directory.path} has no images", flush=True)
-        first = len(images)
-        for file in files:
-            images.append(load_image(file, spec.resolution))
-            captions.append(directory.caption_prefix + read_caption(file))
-        items.extend(list(range(first, len(images))) * directory.num_repeats)
-    if not images:
-        raise RuntimeError("Processed dataset was empty: no images in any [[directory]].")
-    return ImageDataset(torch.stack(images), tuple(captions), tuple(items))
+    """Decode every bucketed image of every directory and lay the items out bucket by bucket."""
+    folders = dict.fromkeys(directory.path for directory in spec.directories)  # each one once
+    media = [file for folder in folders for file in _measure_images(folder)]
+    buckets = plan_dataset(spec.settings, media, framerate=None)
+    used = sorted({index for items in buckets.values() for index in items})
+    if not used:
+        raise RuntimeError(
+            "Processed dataset was empty: no captioned image fits a bucket in any [[directory]]."
+        )
+    prefixes = {d.path: d.caption_prefix for d in spec.directories}
+    image_of = {index: position for position, index in enumerate(used)}
+    images, captions = [], []
+    for index in used:
+        path = media[index].directory / media[index].name
+        images.append(load_image(path, spec.resolution))
+        captions.append(prefixes.get(media[index].directory, "") + read_caption(path))
+    keys = sorted(buckets)
+    items = tuple(image_of[index] for key in keys for index in buckets[key])
+    ratio = spec.settings.get("subsample_ratio")
+    return ImageDataset(
+        torch.stack(images),
+        tuple(captions),
+        items,
+        tuple(len(buckets[key]) for key in keys),
+        float(ratio) if ratio else None,
+    )
 
 
 def save_image(image: torch.Tensor, path: Path) -> None:
@@ -153,38 +181,68 @@ def save_image(image: torch.Tensor, path: Path) -> None:
 class EpochLoader:
     """Hands out global batches of dataset item indices, one per optimizer step.
 
-    Each epoch visits the items in a permutation seeded by (seed, epoch) and drops the remainder
-    that does not fill a batch, like diffusion-pipe. A dataset smaller than one batch still gives
-    one step per epoch, wrapping around the permutation. `epoch` advances as soon as the last
-    batch of an epoch is handed out, which is when diffusion-pipe's loader advances it too, so
-    the saver sees the epoch change right after that epoch's last step.
+    Like diffusion-pipe's ConcatenatedBatchedDataset, a batch never mixes buckets and each
+    bucket drops the remainder that does not fill a batch; ``subsample_ratio`` keeps the first
+    part of the epoch's batches. Each epoch shuffles every bucket and the order of the batches,
+    seeded by (seed, epoch). An epoch in which every bucket rounds to nothing still gives one
+    batch, wrapping around the items (diffusion-pipe refuses such a dataset; the tiny trainer
+    keeps two-image demos running). `epoch` advances as soon as the last batch of an epoch is
+    handed out, which is when diffusion-pipe's loader advances it too, so the saver sees the
+    epoch change right after that epoch's last step.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int) -> None:
-        self.num_items = num_items
+    def __init__(
+        self,
+        bucket_sizes: Sequence[int],
+        batch_size: int,
+        seed: int,
+        subsample_ratio: float | None = None,
+    ) -> None:
+        self.bucket_sizes = tuple(bucket_sizes)
         self.batch_size = batch_size
         self.seed = seed
+        self.subsample_ratio = subsample_ratio
         self.epoch = 1
         self.num_batches_pulled = 0
+        self._batches: tuple[int, list[list[int]]] | None = None
 
     @property
     def steps_per_epoch(self) -> int:
-        return max(1, self.num_items // self.batch_size)
+        full = sum(size // self.batch_size for size in self.bucket_sizes)
+        if self.subsample_ratio:
+            full = int(full * self.subsample_ratio)
+        return max(1, full)
 
     def next_batch(self) -> list[int]:
         """Indices of the next global batch; advances the epoch after its last batch."""
-        order = self._order(self.epoch)
-        start = self.num_batches_pulled * self.batch_size
-        batch = [int(order[(start + i) % self.num_items]) for i in range(self.batch_size)]
+        batch = self._epoch_batches(self.epoch)[self.num_batches_pulled]
         self.num_batches_pulled += 1
         if self.num_batches_pulled >= self.steps_per_epoch:
             self.epoch += 1
             self.num_batches_pulled = 0
         return batch
 
-    def _order(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_items, generator=generator)
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        if self._batches is not None and self._batches[0] == epoch:
+            return self._batches[1]
+        batches: list[list[int]] = []
+        start = 0
+        for bucket, size in enumerate(self.bucket_sizes):
+            order = (start + self._permutation(size, epoch, bucket + 1)).tolist()
+            full = size // self.batch_size * self.batch_size
+            batches.extend(order[i : i + self.batch_size] for i in range(0, full, self.batch_size))
+            start += size
+        batches = [batches[i] for i in self._permutation(len(batches), epoch, 0).tolist()]
+        batches = batches[: self.steps_per_epoch]
+        if not batches:  # every bucket rounded to nothing: one batch, wrapping around the items
+            order = self._permutation(start, epoch, 0).tolist()
+            batches = [[order[i % start] for i in range(self.batch_size)]]
+        self._batches = (epoch, batches)
+        return batches
+
+    def _permutation(self, n: int, epoch: int, stream: int) -> torch.Tensor:
+        seed = (self.seed * 1_000_003 + epoch) * 1_009 + stream
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
     def state_dict(self) -> dict[str, int]:
         """Exact position: `num_batches_pulled` counts batches already trained in `epoch`."""

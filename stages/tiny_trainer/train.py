@@ -626,7 +626,7 @@ def build_context(
     gbs = engine.train_micro_batch_size_per_gpu() * engine.gradient_accumulation_steps()
     print(f"Global batch size = {gbs}", flush=True)
     resolve_save_every_n_examples(config, gbs)
-    loader = EpochLoader(len(dataset), gbs, int(config["seed"]))
+    loader = EpochLoader(dataset.bucket_sizes, gbs, int(config["seed"]), dataset.subsample_ratio)
     engine.lr_scheduler = build_lr_scheduler(config, engine.optimizer, loader.steps_per_epoch)
     tokens = tokenize_captions(dataset, config, resolution)
     items = torch.tensor(dataset.items)
@@ -683,8 +683,9 @@ def main(argv: list[str] | None = None) -> None:
     dataset = load_dataset(spec)
     if args.cache_only:
         print(
-            f"Dataset OK: {len(dataset.images)} images, {len(dataset)} items with repeats, "
-            f"resolution {spec.resolution}. Nothing to cache for the tiny model.",
+            f"Dataset OK: {len(dataset.images)} images, {len(dataset)} items with repeats in "
+            f"{len(dataset.bucket_sizes)} bucket(s), resolution {spec.resolution}. "
+            "Nothing to cache for the tiny model.",
             flush=True,
         )
         return

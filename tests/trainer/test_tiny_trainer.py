@@ -26,7 +26,10 @@ from PIL import Image, ImageDraw
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from stages.tiny_trainer.data import EpochLoader
+from contracts.request import JobInput
+from infra.volume import JobPaths
+from stages.configure import build_configs, measure_media, write_configs
+from stages.tiny_trainer.data import EpochLoader, load_dataset, parse_dataset_config
 from stages.tiny_trainer.model import (
     TinyDiffusionObjective,
     TinyDiTConfig,
@@ -348,14 +351,85 @@ def test_missing_save_setting_is_refused() -> None:
 def test_loader_state_resumes_the_same_batches() -> None:
     """GIVEN a loader stopped part way through epoch 2 WHEN a new loader loads its state
     THEN both hand out the same batches from there on, epochs advancing after their last batch."""
-    reference = EpochLoader(num_items=10, batch_size=3, seed=7)
+    reference = EpochLoader([10], batch_size=3, seed=7)
     batches = [reference.next_batch() for _ in range(5)]
     assert reference.steps_per_epoch == 3 and reference.epoch == 2
     assert len({i for batch in batches[:3] for i in batch}) == 9  # no item twice in an epoch
-    resumed = EpochLoader(num_items=10, batch_size=3, seed=7)
+    resumed = EpochLoader([10], batch_size=3, seed=7)
     resumed.load_state_dict(reference.state_dict())
     assert [resumed.next_batch() for _ in range(4)] == [reference.next_batch() for _ in range(4)]
     assert resumed.epoch == reference.epoch == 4
+
+
+def test_loader_batches_within_buckets_and_drops_each_remainder() -> None:
+    """GIVEN buckets of 5, 3 and 2 items and a batch of 2 WHEN two epochs are drawn
+    THEN each has ⌊5/2⌋ + ⌊3/2⌋ + ⌊2/2⌋ = 4 batches, none mixing buckets, no item twice;
+    a subsample ratio of 0.5 keeps 2, and buckets too small for any batch still give 1 (wrap)."""
+    loader = EpochLoader([5, 3, 2], batch_size=2, seed=3)
+    assert loader.steps_per_epoch == 4
+    bucket_of = {i: 0 if i < 5 else 1 if i < 8 else 2 for i in range(10)}
+    for epoch in (1, 2):
+        batches = [loader.next_batch() for _ in range(4)]
+        assert loader.epoch == epoch + 1
+        assert all(len({bucket_of[i] for i in batch}) == 1 for batch in batches)
+        items = [i for batch in batches for i in batch]
+        assert len(items) == len(set(items)) == 8
+    assert EpochLoader([5, 3, 2], 2, seed=3, subsample_ratio=0.5).steps_per_epoch == 2
+    wrapped = EpochLoader([1, 1], batch_size=4, seed=3)
+    assert wrapped.steps_per_epoch == 1 and sorted(set(wrapped.next_batch())) == [0, 1]
+
+
+def _mixed_job(root: Path) -> tuple[JobPaths, JobInput]:
+    """5 square, 3 wide and 2 tall captioned images: three aspect-ratio buckets at 32 px."""
+    paths = JobPaths(root / "job")
+    images = paths.dataset / "images"
+    images.mkdir(parents=True)
+    sizes = [(32, 32)] * 5 + [(48, 32)] * 3 + [(16, 32)] * 2
+    for i, size in enumerate(sizes):
+        Image.new("RGB", size, _COLOURS[i % len(_COLOURS)]).save(images / f"{i}.png")
+        (images / f"{i}.txt").write_text(f"a {size[0]} by {size[1]} block")
+    request = JobInput.model_validate(
+        {
+            "model_type": "tiny",
+            "dataset": {"type": "precaptioned", "images_url": "https://x/y.zip"},
+            "training": {
+                "epochs": 3,
+                "batch_size": 2,
+                "gradient_accumulation_steps": 1,
+                "warmup_steps": 0,
+                "lora_rank": 4,
+                "save_every_n_epochs": 3,
+            },
+        }
+    )
+    return paths, request
+
+
+def test_tiny_buckets_the_images_as_the_step_count_does(tmp_path: Path) -> None:
+    """GIVEN the mixed job configured by loraq WHEN the tiny trainer loads its dataset.toml
+    THEN it holds the same three buckets (5, 3, 2 items) the step count plans with."""
+    paths, request = _mixed_job(tmp_path)
+    write_configs(
+        build_configs(request, paths, tmp_path, measure_media(paths.dataset)), paths.config
+    )
+    dataset = load_dataset(parse_dataset_config(paths.config / "dataset.toml"))
+    assert sorted(dataset.bucket_sizes) == [2, 3, 5] and len(dataset.images) == 10
+
+
+@pytest.mark.slow
+def test_run_ends_at_the_predicted_total_step(tmp_path: Path) -> None:
+    """GIVEN the mixed job (batch 2, 3 epochs) configured by loraq's configure stage
+    WHEN the tiny trainer runs its train.toml through the deepspeed launcher
+    THEN the last step line is exactly the predicted total: (⌊5/2⌋ + ⌊3/2⌋ + ⌊2/2⌋) × 3 = 12,
+    where items ÷ batch would have predicted 15."""
+    paths, request = _mixed_job(tmp_path)
+    configs = build_configs(request, paths, tmp_path / "models", measure_media(paths.dataset))
+    write_configs(configs, paths.config)
+    run = _train(paths.config / "train.toml")
+    assert run.returncode == 0, run.output[-3000:]
+    assert configs.total_steps == 12
+    assert [step for step, _ in run.steps] == list(range(1, configs.total_steps + 1))
+    assert "TRAINING COMPLETE!" in run.lines
 
 
 def test_unknown_optimizer_is_refused_before_anything_runs() -> None:
