@@ -66,6 +66,15 @@ def _check_media(request: JobInput) -> None:
             f"{spec.display_name} trains on videos only",
             field="dataset.type",
         )
+    if dataset.videos_url and request.training.video_clip_mode == "multiple":
+        # Accepted by the seed, but diffusion-pipe's extract_clips (models/base.py at the pinned
+        # commit) has it commented out and raises NotImplementedError while caching latents.
+        raise Permanent(
+            ErrorCode.UNSUPPORTED,
+            "video_clip_mode 'multiple' is not implemented by the pinned diffusion-pipe; use "
+            "'single_beginning' or 'single_middle'",
+            field="training.video_clip_mode",
+        )
     if dataset.videos_url and max(request.training.frame_buckets, default=1) <= 1:
         # diffusion-pipe never puts a video in the 1-frame bucket: every video would be dropped.
         raise Permanent(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import toml
 
-from contracts.enums import ModelType
+from contracts.enums import ErrorCode, ModelType
 from contracts.request import JobInput, JobRequest
 from infra.volume import JobPaths
 from stages.configure import build_configs, write_configs
@@ -416,6 +416,16 @@ def test_videos_without_a_video_frame_bucket_are_refused() -> None:
         preflight(_job("wan13", "videos", frame_buckets=[1]))
     assert refused.value.field == "training.frame_buckets"
     preflight(_job("wan13", "images", frame_buckets=[1]))
+
+
+def test_multiple_clips_per_video_are_refused_up_front() -> None:
+    """GIVEN videos and video_clip_mode 'multiple' WHEN preflight runs THEN unsupported on that
+    field: the pinned diffusion-pipe raises NotImplementedError for it only at caching time."""
+    with pytest.raises(Permanent) as refused:
+        preflight(_job("wan13", "videos", video_clip_mode="multiple"))
+    assert refused.value.field == "training.video_clip_mode"
+    assert refused.value.code is ErrorCode.UNSUPPORTED
+    preflight(_job("wan13", "images", video_clip_mode="multiple"))  # no videos: nothing to clip
 
 
 def test_request_values_reach_the_files() -> None:
