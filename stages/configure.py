@@ -17,11 +17,12 @@ from typing import Any
 
 import toml
 
-from contracts.enums import StageName
+from contracts.enums import ErrorCode, StageName
 from contracts.request import TOML_TABLES, JobInput
 from infra.volume import JobPaths, atomic_write_text
 from stages.context import StageContext, StageOutcome
 from stages.dataset_scan import measure_directory
+from stages.errors import Permanent
 from stages.registry import ModelSpec, spec_for
 from stages.step_count import MediaFile, Trainer, predict_total_steps, unmeasured
 
@@ -211,6 +212,18 @@ async def run(ctx: StageContext) -> StageOutcome:
         measure_media(ctx.paths.dataset),
         num_gpus=ctx.settings.num_gpus,
     )
+    if configs.total_steps == 0:
+        # diffusion-pipe drops each size bucket's remainder: with every bucket smaller than one
+        # global batch it has nothing to train on, and would fail only after caching latents.
+        t = ctx.request.training
+        raise Permanent(
+            ErrorCode.DATASET_INVALID,
+            "the dataset fills no whole batch in any size bucket (batch_size "
+            f"{t.batch_size} × gradient_accumulation_steps {t.gradient_accumulation_steps} × "
+            f"{ctx.settings.num_gpus} GPU(s)): add media, raise the repeats, or lower "
+            "gradient_accumulation_steps",
+            field="training.gradient_accumulation_steps",
+        )
     write_configs(configs, ctx.paths.config)
     return StageOutcome(
         {"train_toml": str(ctx.paths.config / TRAIN_TOML), "total_steps": configs.total_steps}

@@ -16,10 +16,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from contracts.request import JobInput
+from contracts.enums import ErrorCode
+from contracts.request import JobInput, JobRequest
 from infra.volume import JobPaths
+from stages import configure
 from stages.configure import build_configs, measure_media
+from stages.context import StageContext
 from stages.dataset_scan import measure_directory
+from stages.errors import Permanent
 from stages.step_count import (
     Batching,
     MediaFile,
@@ -28,6 +32,7 @@ from stages.step_count import (
     predict_total_steps,
     unmeasured,
 )
+from tests.captioning.conftest import make_context
 from tests.media import write_video
 
 IMAGES = Path("/job/dataset/images")
@@ -285,3 +290,39 @@ def test_a_malformed_bucket_key_keeps_the_simple_estimate(bad: dict[str, object]
     """GIVEN a pass-through bucket key the planner cannot read WHEN counted
     THEN the simple estimate (10 ÷ 2 = 5 an epoch), not a crash; the trainer reports the key."""
     assert _total(MIXED, _dataset(**bad), _train(accumulation=2, epochs=1)) == 5
+
+
+def _square_images(ctx: StageContext, count: int) -> None:
+    folder = ctx.paths.dataset / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", (64, 64)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text("a caption")
+
+
+def _sdxl_context(volume: Path, **training: object) -> StageContext:
+    body = {
+        "model_type": "sdxl",
+        "dataset": {"type": "precaptioned", "images_url": "https://x.test/d.zip"},
+        "training": training,
+        "output": {"method": "local"},
+    }
+    return make_context(volume, "http://127.0.0.1:9", JobRequest.model_validate({"input": body}))
+
+
+async def test_the_configure_stage_refuses_a_dataset_that_fills_no_batch(tmp_path: Path) -> None:
+    """GIVEN SDXL, three square images and the default accumulation of 4 WHEN the configure stage
+    runs THEN a typed dataset_invalid on the accumulation field, before any TOML is written:
+    diffusion-pipe would drop every bucket's remainder and fail only after caching latents.
+    With an accumulation of 1 the same dataset trains 3 steps an epoch."""
+    ctx = _sdxl_context(tmp_path)
+    _square_images(ctx, 3)
+    with pytest.raises(Permanent) as refused:
+        await configure.run(ctx)
+    assert refused.value.code is ErrorCode.DATASET_INVALID
+    assert refused.value.field == "training.gradient_accumulation_steps"
+    assert not (ctx.paths.config / "train.toml").exists()
+
+    ctx = _sdxl_context(tmp_path, gradient_accumulation_steps=1)
+    outcome = await configure.run(ctx)
+    assert outcome.outputs["total_steps"] == 3 * 100  # 3 images, batch 1, 100 epochs
