@@ -69,6 +69,14 @@ def event_line(event: CloudEvent, view: JobStatusView) -> str:
     return f"{stamp}  {event.type.value.removeprefix('loraq.')}"
 
 
+def snapshot_line(view: JobStatusView) -> str:
+    """One line for a status read whole (the Hub's ``UPDATES/status.json``), stamped with the
+    time of the last event folded into it, not the time it was read."""
+    stamp = f"{view.updated_at:%H:%M:%S}" if view.updated_at is not None else "--:--:--"
+    note = f"  ({view.note})" if view.note else ""
+    return f"{stamp}  {progress_line(view)}{note}"
+
+
 def outcome_lines(view: JobStatusView) -> list[str]:
     """How a finished job ended: the links to download, or what failed and where."""
     if view.status is JobStatus.SUCCEEDED:

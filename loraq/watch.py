@@ -64,7 +64,7 @@ class _Follower:
             self.apply(event)
 
 
-def _cancel_on_sigterm() -> None:
+def cancel_on_sigterm() -> None:
     """SIGTERM ends the watch like Ctrl-C does: through cancellation, so cleanup runs."""
     task = asyncio.current_task()
     if task is not None:
@@ -86,7 +86,7 @@ async def _follow(follower: _Follower, topic_arn: str, volume: Path | None) -> N
 
 
 async def _watch(follower: _Follower, topic_arn: str | None, volume: Path | None) -> int:
-    _cancel_on_sigterm()
+    cancel_on_sigterm()
     if topic_arn is None:
         assert volume is not None
         follower.replay(volume)

@@ -3,13 +3,15 @@
 In a terminal (rich): the current stage, a bar with its percent, step/total, loss and an ETA that
 counts down between events stay on the bottom line; stage changes, checkpoints and notes scroll
 above it. In a pipe or a log file: one plain line per event, nothing rewritten, so the output
-reads the same afterwards as it did live.
+reads the same afterwards as it did live. Followed through the Hub (``status``), a whole status
+comes at a time instead of an event: it moves the bar, and a stage change scrolls a line.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from datetime import UTC, datetime
 from typing import Protocol, TextIO
 
 from rich.console import Console
@@ -24,6 +26,9 @@ from loraq import status_text
 
 class WatchDisplay(Protocol):
     def event(self, event: CloudEvent, view: JobStatusView) -> None: ...
+
+    def status(self, view: JobStatusView) -> None:
+        """A whole status read at once (``UPDATES/status.json``), not one event."""
 
     def note(self, text: str) -> None: ...
 
@@ -44,6 +49,9 @@ class PlainDisplay:
 
     def event(self, event: CloudEvent, view: JobStatusView) -> None:
         self.note(status_text.event_line(event, view))
+
+    def status(self, view: JobStatusView) -> None:
+        self.note(status_text.snapshot_line(view))
 
     def note(self, text: str) -> None:
         print(text, file=self._out, flush=True)
@@ -80,10 +88,27 @@ class LiveDisplay:
         )
         self._progress.start()
         self._open = True
+        self._scrolled: tuple[object, ...] | None = None
 
     def event(self, event: CloudEvent, view: JobStatusView) -> None:
         if event.type is not EventType.JOB_PROGRESS:
             self.note(status_text.event_line(event, view))
+        self._show(view, eta_since=time.monotonic())
+
+    def status(self, view: JobStatusView) -> None:
+        # Snapshots come a commit interval apart: a line scrolls up when the stage or the note
+        # changed (what an event would have said), progress alone only moves the bar.
+        scrolled = (view.status, view.stage, view.note)
+        if scrolled != self._scrolled:
+            self._scrolled = scrolled
+            self.note(status_text.snapshot_line(view))
+        # The ETA was the worker's when it folded its last event: count down from then.
+        age_s = 0.0
+        if view.updated_at is not None:
+            age_s = max(0.0, (datetime.now(UTC) - view.updated_at).total_seconds())
+        self._show(view, eta_since=time.monotonic() - age_s)
+
+    def _show(self, view: JobStatusView, *, eta_since: float) -> None:
         self._progress.update(
             self._task,
             completed=view.percent or 0.0,
@@ -91,7 +116,7 @@ class LiveDisplay:
             steps=status_text.steps(view),
             loss=status_text.loss(view.loss),
             eta_s=view.eta_s,
-            eta_since=time.monotonic(),
+            eta_since=eta_since,
         )
         self._progress.refresh()
 
