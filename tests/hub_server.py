@@ -20,12 +20,46 @@ And the part it uses to upload (``hf_api.py`` ``whoami``, ``create_repo``, ``cre
 - ``POST /api/validate-yaml`` ``{content}`` → ``{}``, or 400 with ``errors`` when the model
   card's front matter is not a YAML mapping (``create_commit`` sends every ``README.md`` here);
 - ``POST /api/{models,datasets}/{ns}/{name}/preupload/{rev}`` ``{files: [{path, sample, size}]}``
-  → ``uploadMode: "regular"`` for every file (content travels inline in the commit: no LFS or
-  Xet) and the ``oid`` of a file already there, which the client compares with its own git
-  hash to leave unchanged files out, and to skip a commit that would change nothing;
+  (``sample``: the first 512 bytes, base64) → per file ``uploadMode`` ``"lfs"`` or
+  ``"regular"`` (the only two values the client accepts), ``shouldIgnore``, and the ``oid`` of
+  a file already there: sha256 for an LFS file, git blob id otherwise, which is what the
+  client compares with its own hash of the same kind to leave an unchanged file out of the
+  commit and skip a commit that would change nothing. ``"lfs"`` (``wants_lfs``): the suffixes
+  of the Hub's default ``.gitattributes`` (``.safetensors``, ``.bin``, ``.pt``, ...; images and
+  audio are in the datasets' default), files over 10 MiB, and binary files (a NUL byte in the
+  sample). The client commits an empty file inline whatever the answer;
+- ``POST /[datasets/]{ns}/{name}.git/info/lfs/objects/batch`` (git-lfs batch API, headers
+  ``Accept``/``Content-Type: application/vnd.git-lfs+json``, the user's token) ``{operation:
+  "upload", transfers: ["basic", "multipart"], objects: [{oid: sha256, size}], hash_algo:
+  "sha256", ref: {name}}`` → ``{transfer: "basic", objects}``: an object the repo's storage
+  already holds comes back without ``actions`` and the client uploads nothing for it (the
+  Hub's dedup); otherwise ``actions.upload.href`` (a signed URL, S3's role) and
+  ``actions.verify.href``. An ``upload.header.chunk_size`` would ask for the multipart
+  transfer: never sent here;
+- ``PUT {upload href}``: the raw bytes with a Content-Length and no Authorization (the URL's
+  signature is the grant); stored by sha256 after checking the sha256 and the size, 400
+  otherwise; 403 without the signature. The client retries 408/429/5xx 5 times (1, 2, 4, 8,
+  8 s, or Retry-After + 1 s), then wraps the error in a bare ``RuntimeError("Error while
+  uploading '<path>' to the Hub.")``;
+- ``POST {verify href}`` ``{oid, size}`` with the user's token → 200 when the object is stored
+  whole, 404 otherwise;
 - ``POST /api/{models,datasets}/{ns}/{name}/commit/{rev}``: NDJSON, a ``header`` line then
-  ``file`` (base64 content), ``deletedFile`` and ``deletedFolder`` lines → ``{commitOid,
-  commitUrl}``.
+  ``file`` (base64 content), ``lfsFile`` (``{path, algo: "sha256", oid, size}``),
+  ``deletedFile`` and ``deletedFolder`` lines → ``{commitOid, commitUrl}``. An ``lfsFile``
+  naming an object never uploaded is refused (400, the Hub's "LFS pointer pointed to a file
+  that does not exist"), and so is a binary or large file sent inline.
+
+Xet: with ``hf_xet`` installed (it is, in .venv: hf-xet 1.8), huggingface_hub 2.4 uploads every
+"lfs" file through Xet, not the batch API: the client decides alone, by ``is_xet_available()``
+(hf_xet importable and ``constants.HF_HUB_DISABLE_XET`` false; the variable is read at import,
+the constant at each call). No server answer turns it off (preupload has no Xet field; the
+batch API's ``transfer`` is ignored on upload); the Xet path asks ``GET
+/api/{type}s/{ns}/{name}/xet-write-token/{rev}`` for a CAS token and fails without one. So
+``LocalHub`` sets that constant while it runs (as ``HF_HUB_DISABLE_XET=1`` does; a client in
+another process needs the variable), and answers the token route 501 with that hint. Downloads
+are different: the server advertises Xet per file (``X-Xet-Hash`` and a ``xet-auth`` link on the
+resolve HEAD); this one never does, so files come over plain HTTP. ``upload_folder`` also
+switches to a multi-commit pipeline when Xet is available; ``create_commit`` does not.
 
 Writing needs a token with the write role whose user owns the namespace: an unknown token is
 401 (``Invalid credentials in Authorization header``), a read token or someone else's
@@ -37,9 +71,13 @@ Errors carry ``X-Error-Code`` as the Hub's do, which is how the client picks its
 ``GatedRepo`` (401 without a token it knows, 403 with one not granted access). As on the Hub, a
 gated repo's info and file listing are public; only its files need the grant.
 
-State is an in-memory model (``HubRepo`` with commits, tokens, grants) behind one lock, and the
-routes are a table of (method, pattern, handler). Tests can hold downloads, cut one download
-short once (to prove it resumes) and read the request log (``commit_requests`` counts commits).
+State is an in-memory model (``HubRepo`` with commits, LFS objects, tokens, grants) behind one
+lock, and the routes are a table of (method, pattern, handler). Tests can hold downloads, cut
+one download short once (to prove it resumes), put LFS storage in an outage, and read the
+request log (``commit_requests`` counts commits and records their lines, ``lfs_batches`` and
+``lfs_uploads`` the LFS traffic). Not modelled: the ``.gitattributes`` file a new Hub repo
+starts with (its rules are applied all the same), a repo's own ``.gitattributes``, multipart
+LFS uploads, and Xet.
 """
 
 from __future__ import annotations
@@ -49,20 +87,43 @@ import binascii
 import hashlib
 import json
 import re
+import secrets
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import huggingface_hub.constants
 import yaml
 
-# Files the Hub stores in LFS: their ETag is the content's sha256 (what huggingface_hub expects
-# for large files), small files get the git blob id.
-_LFS_SUFFIXES = (".safetensors", ".pth", ".bin", ".model", ".gguf", ".pt")
+# Suffixes the Hub stores in LFS: those of the default ``.gitattributes`` it gives a new repo
+# (the ML formats; images and audio are in the dataset default), plus ``.gguf``. An LFS file's
+# ETag is the content's sha256 (what huggingface_hub expects for large files), a regular file's
+# is its git blob id.
+_LFS_SUFFIXES = (
+    *(".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".model", ".onnx", ".h5"),
+    *(".msgpack", ".npy", ".npz", ".pkl", ".pickle", ".tflite", ".ot", ".pb", ".joblib"),
+    *(".7z", ".arrow", ".bz2", ".gz", ".lz4", ".parquet", ".rar", ".tar", ".tgz", ".xz"),
+    *(".zip", ".zst", ".wasm", ".ftz", ".mlmodel"),
+    *(".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tiff", ".wav", ".flac", ".mp3"),
+)
+# Above this size a file goes to LFS whatever its name (the Hub's documented 10 MB).
+LFS_THRESHOLD = 10 * 1024 * 1024
+# The client sends the first 512 bytes of each file to preupload; a NUL byte among them is
+# git's own test for "binary".
+_SAMPLE = 512
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def wants_lfs(path: str, size: int, sample: bytes, threshold: int = LFS_THRESHOLD) -> bool:
+    """Whether the Hub stores this file in LFS: by suffix, size, or binary content."""
+    if size == 0:
+        return False  # the client commits empty files inline whatever preupload says
+    return path.lower().endswith(_LFS_SUFFIXES) or size > threshold or b"\0" in sample[:_SAMPLE]
 
 
 def _git_oid(data: bytes) -> str:
@@ -72,7 +133,12 @@ def _git_oid(data: bytes) -> str:
 
 @dataclass
 class HubRepo:
-    """One repository: its files at the head commit, and the commit history's ids."""
+    """One repository: its files at the head commit, and the commit history's ids.
+
+    ``lfs_paths`` are the files stored as LFS pointers, ``lfs_objects`` the LFS storage (sha256
+    → bytes: uploaded through the batch API, or seeded). Files given at construction are
+    sorted into LFS by the rule preupload applies (``wants_lfs``).
+    """
 
     repo_id: str
     repo_type: str = "model"
@@ -80,8 +146,14 @@ class HubRepo:
     gated: bool = False
     private: bool = False
     commits: list[str] = field(default_factory=list)
+    lfs_paths: set[str] = field(default_factory=set)
+    lfs_objects: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for path, data in self.files.items():
+            if wants_lfs(path, len(data), data[:_SAMPLE]):
+                self.lfs_paths.add(path)
+                self.lfs_objects[hashlib.sha256(data).hexdigest()] = data
         if not self.commits:
             self.commits.append(_commit_id(self.repo_id, self.files, parent=""))
 
@@ -89,26 +161,33 @@ class HubRepo:
     def head(self) -> str:
         return self.commits[-1]
 
-    def commit(self, changes: dict[str, bytes | None]) -> str:
+    def commit(self, changes: dict[str, bytes | None], lfs: Collection[str] = ()) -> str:
         """Add, replace (bytes) or delete (None; a path ending in ``/`` is a folder) files.
 
-        Returns the new commit id.
+        ``lfs`` names the added files that are LFS pointers. Returns the new commit id.
         """
         for path, data in changes.items():
             if data is None and path.endswith("/"):
                 for gone in [p for p in self.files if p.startswith(path)]:
                     del self.files[gone]
+                    self.lfs_paths.discard(gone)
             elif data is None:
                 self.files.pop(path, None)
+                self.lfs_paths.discard(path)
             else:
                 self.files[path] = data
+                if path in lfs:
+                    self.lfs_paths.add(path)
+                else:
+                    self.lfs_paths.discard(path)
         self.commits.append(_commit_id(self.repo_id, self.files, parent=self.head))
         return self.head
 
     def is_lfs(self, path: str) -> bool:
-        return path.endswith(_LFS_SUFFIXES)
+        return path in self.lfs_paths
 
     def etag(self, path: str) -> str:
+        """The ETag of a download and preupload's ``oid``: sha256 (LFS) or git blob id."""
         data = self.files[path]
         return hashlib.sha256(data).hexdigest() if self.is_lfs(path) else _git_oid(data)
 
@@ -128,13 +207,21 @@ class RequestRecord:
     range_start: int | None = None
     bytes_sent: int = 0
     token: str | None = None
+    bytes_received: int = 0
+    # A commit's lines after the header: (key, path), key being file, lfsFile, deletedFile...
+    operations: tuple[tuple[str, str], ...] = ()
 
 
 class HubState:
     """Everything the server knows; every access holds ``lock``."""
 
-    def __init__(self) -> None:
+    def __init__(self, lfs_threshold: int = LFS_THRESHOLD) -> None:
         self.lock = threading.Lock()
+        self.lfs_threshold = lfs_threshold
+        # upload URL ticket → (repo type, repo id, oid, size): a presigned URL's signature
+        self.lfs_tickets: dict[str, tuple[str, str, str, int]] = {}
+        self.lfs_outage = 0  # each object's first N upload PUTs meet a storage outage (503)
+        self.lfs_put_attempts: dict[str, int] = {}  # oid → PUTs so far
         self.repos: dict[tuple[str, str], HubRepo] = {}
         self.tokens: dict[str, str] = {}  # token → user
         self.writers: set[str] = set()  # tokens with the write role
@@ -159,6 +246,7 @@ class _Reply(Exception):
         message: str,
         commit: str | None = None,
         body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -166,9 +254,11 @@ class _Reply(Exception):
         self.message = message
         self.commit = commit
         self.body = body or {}  # more fields for the JSON body (a 409 on create has the url)
+        self.headers = headers or {}
 
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
+_GIT_REPO = r"^/(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+?)\.git/info/lfs/objects"
 _TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 # The Hub's rule for a repository name (huggingface_hub checks the same before sending).
@@ -216,6 +306,25 @@ _ROUTES: list[Route] = [
         re.compile(rf"^/api/(?P<type>models|datasets|spaces)/{_REPO}/commit/(?P<rev>[^/]+)$"),
         "_commit_route",
     ),
+    ("POST", re.compile(rf"{_GIT_REPO}/batch$"), "_lfs_batch"),
+    ("POST", re.compile(rf"{_GIT_REPO}/verify$"), "_lfs_verify"),
+    (
+        "PUT",
+        re.compile(
+            rf"^/lfs-upload/(?:(?P<type>datasets|spaces)/)?{_REPO}/(?P<oid>[0-9a-f]{{64}})$"
+        ),
+        "_lfs_put",
+    ),
+    *(
+        (
+            method,
+            re.compile(
+                rf"^/api/(?P<type>models|datasets|spaces)/{_REPO}/xet-(?:read|write)-token(?:/.*)?$"
+            ),
+            "_no_xet",
+        )
+        for method in ("GET", "POST")
+    ),
 ]
 
 
@@ -236,11 +345,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
     # -- plumbing ---------------------------------------------------------------------------
     def _dispatch(self, method: str) -> None:
         # Read the body first, whatever the answer: left unread, it would be taken for the
         # next request on this keep-alive connection.
-        self._request_body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._request_body = self._read_body()
         url = urlsplit(self.path)
         for route_method, pattern, handler in _ROUTES:
             match = pattern.match(url.path)
@@ -253,6 +365,10 @@ class _Handler(BaseHTTPRequestHandler):
                     self._error(method, reply)
                 return
         self._error(method, _Reply(404, None, f"no route for {method} {url.path}"))
+
+    def _read_body(self) -> bytes:
+        # huggingface_hub sends every body with a Content-Length, LFS PUTs included.
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     @property
     def state(self) -> HubState:
@@ -270,17 +386,21 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             )
 
-    def _json(self, method: str, payload: Any, headers: dict[str, str] | None = None) -> None:
+    def _json(
+        self,
+        method: str,
+        payload: Any,
+        content_type: str = "application/json",
+        **record: Any,
+    ) -> None:
         body = json.dumps(payload).encode()
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
         self.end_headers()
         if method != "HEAD":
             self.wfile.write(body)
-        self._record(method, 200)
+        self._record(method, 200, **record)
 
     def _error(self, method: str, reply: _Reply) -> None:
         body = json.dumps({"error": reply.message, **reply.body}).encode()
@@ -290,6 +410,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Error-Message", reply.message)
         if reply.commit:
             self.send_header("X-Repo-Commit", reply.commit)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -493,17 +615,18 @@ class _Handler(BaseHTTPRequestHandler):
         files = self._json_body().get("files")
         if not isinstance(files, list):
             raise _Reply(400, None, "files must be a list")
+        entries = [_preupload_entry(entry) for entry in files]
         with self.state.lock:
+            threshold = self.state.lfs_threshold
             answers = [
                 {
-                    "path": entry["path"],
-                    "uploadMode": "regular",
+                    "path": path,
+                    "uploadMode": "lfs" if wants_lfs(path, size, sample, threshold) else "regular",
                     "shouldIgnore": False,
-                    "oid": _git_oid(repo.files[entry["path"]])
-                    if entry["path"] in repo.files
-                    else None,
+                    # the client compares it with its sha256 (LFS) or git blob id (regular)
+                    "oid": repo.etag(path) if path in repo.files else None,
                 }
-                for entry in files
+                for path, size, sample in entries
             ]
         self._json(method, {"files": answers, "commitOid": repo.head})
 
@@ -511,12 +634,13 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self._find(params)
         self._writer(repo.repo_id.split("/")[0], f"push to {repo.repo_id}")
         self._branch(repo, params["rev"])
-        header, changes = _parse_commit(self._body())
+        header, changes, operations = _parse_commit(self._body())
         with self.state.lock:
             parent = header.get("parentCommit")
             if parent is not None and parent != repo.head:
                 raise _Reply(412, None, "A commit has happened since. Refresh and try again.")
-            oid = repo.commit(changes)
+            contents, lfs = _resolve_changes(repo, changes, self.state.lfs_threshold)
+            oid = repo.commit(contents, lfs)
         url = f"{self._endpoint}/{_URL_PREFIXES[repo.repo_type]}{repo.repo_id}/commit/{oid}"
         self._json(
             method,
@@ -527,6 +651,115 @@ class _Handler(BaseHTTPRequestHandler):
                 "hookOutput": "",
                 "pullRequestUrl": None,
             },
+            operations=tuple(operations),
+        )
+
+    def _lfs_batch(self, method: str, params: dict[str, str], query: dict[str, str]) -> None:
+        """The git-lfs batch API: an upload URL for each object the repo's storage lacks."""
+        repo = self._find(params)
+        self._writer(repo.repo_id.split("/")[0], f"push to {repo.repo_id}")
+        payload = self._json_body()
+        if payload.get("operation") != "upload":
+            raise _Reply(400, None, "this test Hub serves only the upload operation")
+        ref = payload.get("ref")
+        if isinstance(ref, dict) and ref.get("name") is not None:
+            self._branch(repo, str(ref["name"]))
+        objects = payload.get("objects")
+        if not isinstance(objects, list):
+            raise _Reply(400, None, "objects must be a list")
+        prefix = f"{_URL_PREFIXES[repo.repo_type]}{repo.repo_id}"
+        verify = f"{self._endpoint}/{prefix}.git/info/lfs/objects/verify"
+        answers: list[dict[str, Any]] = []
+        with self.state.lock:
+            for item in objects:
+                oid = item.get("oid") if isinstance(item, dict) else None
+                size = item.get("size") if isinstance(item, dict) else None
+                if not (isinstance(oid, str) and _SHA256.match(oid)) or not (
+                    isinstance(size, int) and size >= 0
+                ):
+                    answers.append(
+                        {
+                            "oid": str(oid),
+                            "size": size if isinstance(size, int) else 0,
+                            "error": {"code": 422, "message": "oid must be a sha256, size >= 0"},
+                        }
+                    )
+                elif oid in repo.lfs_objects:
+                    answers.append({"oid": oid, "size": size})  # no actions: already stored
+                else:
+                    ticket = secrets.token_urlsafe(16)
+                    self.state.lfs_tickets[ticket] = (repo.repo_type, repo.repo_id, oid, size)
+                    answers.append(
+                        {
+                            "oid": oid,
+                            "size": size,
+                            "authenticated": True,
+                            "actions": {
+                                "upload": {
+                                    "href": f"{self._endpoint}/lfs-upload/{prefix}/{oid}"
+                                    f"?ticket={ticket}",
+                                    "expires_in": 3600,
+                                },
+                                "verify": {"href": verify, "expires_in": 3600},
+                            },
+                        }
+                    )
+        self._json(
+            method,
+            {"transfer": "basic", "objects": answers, "hash_algo": "sha256"},
+            content_type="application/vnd.git-lfs+json",
+        )
+
+    def _lfs_put(self, method: str, params: dict[str, str], query: dict[str, str]) -> None:
+        """The upload URL (S3's role): no Authorization, the ticket in the URL is the grant."""
+        repo_type = _TYPES.get(params.get("type", "models"), "model")
+        oid, body = params["oid"], self._body()
+        with self.state.lock:
+            grant = self.state.lfs_tickets.get(query.get("ticket", ""))
+        if grant is None or grant[:3] != (repo_type, params["repo"], oid):
+            raise _Reply(403, None, "the upload URL is not signed for this object")
+        with self.state.lock:
+            attempts = self.state.lfs_put_attempts.get(oid, 0)
+            self.state.lfs_put_attempts[oid] = attempts + 1
+            outage = attempts < self.state.lfs_outage
+        if outage:  # S3's answer when it sheds load; Retry-After keeps the client's waits short
+            raise _Reply(
+                503, None, "SlowDown: please reduce your request rate", headers={"Retry-After": "0"}
+            )
+        size, digest = grant[3], hashlib.sha256(body).hexdigest()
+        if len(body) != size or digest != oid:
+            raise _Reply(
+                400, None, f"got {len(body)} bytes with sha256 {digest}, not {size} bytes of {oid}"
+            )
+        with self.state.lock:
+            repo = self.state.repo(repo_type, params["repo"])
+            if repo is None:
+                raise _Reply(404, "RepoNotFound", "Repository not found")
+            repo.lfs_objects[oid] = body
+        self.send_response(200)
+        self.send_header("ETag", f'"{hashlib.md5(body, usedforsecurity=False).hexdigest()}"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        self._record(method, 200, bytes_received=len(body))
+
+    def _lfs_verify(self, method: str, params: dict[str, str], query: dict[str, str]) -> None:
+        """After a PUT, the client asks whether the object arrived whole."""
+        repo = self._find(params)
+        self._writer(repo.repo_id.split("/")[0], f"push to {repo.repo_id}")
+        payload = self._json_body()
+        oid, size = payload.get("oid"), payload.get("size")
+        with self.state.lock:
+            data = repo.lfs_objects.get(str(oid))
+        if data is None or len(data) != size:
+            raise _Reply(404, None, f"object {oid} of {size} bytes was not uploaded")
+        self._json(method, {"oid": oid, "size": size})
+
+    def _no_xet(self, method: str, params: dict[str, str], query: dict[str, str]) -> None:
+        # hf_xet asks for a CAS token here before a Xet upload (or download); this Hub has no
+        # Xet storage, and LocalHub turns the client's Xet off, so only a misconfigured
+        # client (another process, HF_HUB_DISABLE_XET unset) ever gets here.
+        raise _Reply(
+            501, None, "this test Hub has no Xet storage: run the client with HF_HUB_DISABLE_XET=1"
         )
 
     def _branch(self, repo: HubRepo, revision: str) -> None:
@@ -554,14 +787,26 @@ def _owns(user: str | None, repo_id: str) -> bool:
     return user is not None and repo_id.split("/")[0] == user
 
 
-def _parse_commit(body: bytes) -> tuple[dict[str, Any], dict[str, bytes | None]]:
-    """The NDJSON commit payload → its header and the changes (bytes to write, None to delete).
+@dataclass(frozen=True)
+class _LfsPointer:
+    """An ``lfsFile`` line: the file is the LFS object ``oid`` (of ``size`` bytes, if given)."""
+
+    oid: str
+    size: int | None
+
+
+def _parse_commit(
+    body: bytes,
+) -> tuple[dict[str, Any], dict[str, bytes | _LfsPointer | None], list[tuple[str, str]]]:
+    """The NDJSON commit payload → its header, the changes (bytes to write, an LFS pointer, None
+    to delete) and the (key, path) of each line after the header.
 
     Folder deletions are expanded later against the files; here they are marked with a
     trailing slash, the way the client names them.
     """
     header: dict[str, Any] = {}
-    changes: dict[str, bytes | None] = {}
+    changes: dict[str, bytes | _LfsPointer | None] = {}
+    operations: list[tuple[str, str]] = []
     for number, line in enumerate(body.splitlines(), start=1):
         if not line.strip():
             continue
@@ -572,15 +817,69 @@ def _parse_commit(body: bytes) -> tuple[dict[str, Any], dict[str, bytes | None]]
             raise _Reply(400, None, f"line {number}: not a commit operation") from exc
         if key == "header":
             header = value
-        elif key == "file":
+            continue
+        operations.append((key, str(value.get("path", ""))))
+        if key == "file":
             changes[value["path"]] = _file_content(value, number)
+        elif key == "lfsFile":
+            changes[value["path"]] = _lfs_pointer(value, number)
         elif key in ("deletedFile", "deletedFolder"):
             changes[value["path"].rstrip("/") + ("/" if key == "deletedFolder" else "")] = None
-        else:  # lfsFile: preupload never asks for LFS, so a client sending one is confused
+        else:  # copyFile and the like: loraq does not use them
             raise _Reply(400, None, f"line {number}: {key} is not supported by this test Hub")
     if not header.get("summary"):
         raise _Reply(400, None, "the commit needs a header line with a summary")
-    return header, changes
+    return header, changes, operations
+
+
+def _lfs_pointer(value: dict[str, Any], number: int) -> _LfsPointer:
+    oid, size = value.get("oid"), value.get("size")
+    if value.get("algo", "sha256") != "sha256" or not (isinstance(oid, str) and _SHA256.match(oid)):
+        raise _Reply(400, None, f"line {number}: an lfsFile needs a sha256 oid")
+    if size is not None and not isinstance(size, int):
+        raise _Reply(400, None, f"line {number}: size must be an integer")
+    return _LfsPointer(oid, size)
+
+
+def _resolve_changes(
+    repo: HubRepo, changes: dict[str, bytes | _LfsPointer | None], threshold: int
+) -> tuple[dict[str, bytes | None], set[str]]:
+    """LFS pointers → the stored bytes, as the Hub refuses a commit that points at an object
+    never uploaded, or carries inline a file it would have taken only through LFS."""
+    contents: dict[str, bytes | None] = {}
+    lfs: set[str] = set()
+    for path, change in changes.items():
+        if isinstance(change, _LfsPointer):
+            data = repo.lfs_objects.get(change.oid)
+            if data is None or (change.size is not None and change.size != len(data)):
+                raise _Reply(
+                    400,
+                    None,
+                    "Your push was rejected because an LFS pointer pointed to a file that does "
+                    f"not exist. Offending file: {path} ({change.oid})",
+                )
+            contents[path] = data
+            lfs.add(path)
+        else:
+            if change is not None and wants_lfs(path, len(change), change[:_SAMPLE], threshold):
+                raise _Reply(
+                    400,
+                    None,
+                    f"Your push was rejected because {path} is binary or larger than "
+                    f"{threshold} bytes: it must go through LFS (preupload said so)",
+                )
+            contents[path] = change
+    return contents, lfs
+
+
+def _preupload_entry(entry: Any) -> tuple[str, int, bytes]:
+    """A preupload ``files`` item → path, size and the sample's bytes."""
+    try:
+        path, size = str(entry["path"]), int(entry["size"])
+        sample = base64.b64decode(str(entry.get("sample", "")), validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise _Reply(400, None, f"invalid preupload entry {entry!r}: {exc}") from exc
+    return path, size, sample
 
 
 def _file_content(value: dict[str, Any], number: int) -> bytes:
@@ -646,17 +945,51 @@ class _Server(ThreadingHTTPServer):
         self.state = state
 
 
-class LocalHub:
-    """The server on 127.0.0.1 at a free port, with helpers to set it up and observe it."""
+class _XetOff:
+    """Turns huggingface_hub's Xet off in this process while any LocalHub runs.
 
-    def __init__(self) -> None:
-        self.state = HubState()
+    The client, not the server, picks Xet for uploads (``is_xet_available()``: hf_xet importable
+    and ``constants.HF_HUB_DISABLE_XET`` false, read at each call); this Hub cannot speak Xet's
+    CAS protocol, so it sets what ``HF_HUB_DISABLE_XET=1`` sets, and puts it back after the last
+    hub stops. A client in another process needs the variable itself.
+    """
+
+    _lock = threading.Lock()
+    _users = 0
+    _before = False
+
+    @classmethod
+    def acquire(cls) -> None:
+        with cls._lock:
+            if cls._users == 0:
+                cls._before = huggingface_hub.constants.HF_HUB_DISABLE_XET
+                huggingface_hub.constants.HF_HUB_DISABLE_XET = True
+            cls._users += 1
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            cls._users -= 1
+            if cls._users == 0:
+                huggingface_hub.constants.HF_HUB_DISABLE_XET = cls._before
+
+
+class LocalHub:
+    """The server on 127.0.0.1 at a free port, with helpers to set it up and observe it.
+
+    ``lfs_threshold``: files above it go to LFS whatever their name (the Hub's 10 MiB; a test
+    lowers it to reach the rule without writing 10 MiB).
+    """
+
+    def __init__(self, lfs_threshold: int = LFS_THRESHOLD) -> None:
+        self.state = HubState(lfs_threshold)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> LocalHub:
         self._server = _Server(self.state)
+        _XetOff.acquire()
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
@@ -669,6 +1002,7 @@ class LocalHub:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+            _XetOff.release()
 
     @property
     def url(self) -> str:
@@ -697,6 +1031,11 @@ class LocalHub:
         """The next GET of ``path`` sends ``after_bytes`` bytes, then drops the connection."""
         with self.state.lock:
             self.state.cut_after[(repo_id, path)] = after_bytes
+
+    def fail_lfs_uploads(self, count: int) -> None:
+        """Each object's first ``count`` upload PUTs are answered 503, as S3 does under load."""
+        with self.state.lock:
+            self.state.lfs_outage = count
 
     @contextmanager
     def downloads_held(self) -> Iterator[None]:
@@ -736,6 +1075,23 @@ class LocalHub:
         """The commit POSTs to ``repo_id`` that made a commit."""
         marker = f"/{repo_id}/commit/"
         return self.requests(lambda r: r.method == "POST" and marker in r.path and r.status == 200)
+
+    def lfs_batches(self, repo_id: str) -> list[RequestRecord]:
+        """The LFS batch POSTs for ``repo_id`` that were answered."""
+        marker = f"/{repo_id}.git/info/lfs/objects/batch"
+        return self.requests(lambda r: r.method == "POST" and r.path.endswith(marker))
+
+    def lfs_uploads(self, repo_id: str) -> list[RequestRecord]:
+        """The LFS object PUTs to ``repo_id`` that stored an object."""
+        marker = f"/{repo_id}/"
+        return self.requests(
+            lambda r: (
+                r.method == "PUT"
+                and r.path.startswith("/lfs-upload/")
+                and marker in r.path
+                and r.status == 200
+            )
+        )
 
     def clear_log(self) -> None:
         with self.state.lock:
