@@ -27,7 +27,7 @@ from huggingface_hub.errors import BadRequestError, HfHubHTTPError, HFValidation
 from huggingface_hub.hf_api import RepoFile
 from pydantic import SecretStr
 
-from infra.hub import HubError, translate_error
+from infra.hub import HubError, HubUnavailable, translate_error
 
 _MAX_NAME = 96
 # What the Hub accepts as a repository name (huggingface_hub checks the same rule).
@@ -182,4 +182,22 @@ def _translate(
         bad_request_means_invalid and isinstance(exc, BadRequestError)
     ):
         return HubInvalidRepo(f"{repo_id}: {' '.join(str(exc).split())[:300]}")
-    return translate_error(exc, repo_id)
+    outage = _upload_outage(exc, repo_id)
+    return outage if outage is not None else translate_error(exc, repo_id)
+
+
+def _upload_outage(exc: BaseException, repo_id: str) -> HubUnavailable | None:
+    """A large-file upload that met an outage, told apart from one that failed for good.
+
+    huggingface_hub wraps whatever stops an LFS upload (the PUT to storage, or its verify call)
+    in a bare ``RuntimeError("Error while uploading 'x' to the Hub.")``, which would read as a
+    permanent failure: a storage 503 or a dropped connection (after the client's own retries)
+    is an outage like any other. Other causes keep the wrapper's message, which, unlike the
+    cause's, holds no signed upload URL.
+    """
+    if not isinstance(exc, RuntimeError) or exc.__cause__ is None:
+        return None
+    cause = translate_error(exc.__cause__, repo_id)
+    if not isinstance(cause, HubUnavailable):
+        return None
+    return HubUnavailable(f"{cause} ({' '.join(str(exc).split())[:200]})")

@@ -125,6 +125,8 @@ async def test_publish_commits_lora_config_card_and_chart_in_one_commit(
     assert sorted(repo.files) == ["README.md", "adapter_config.json", lora, "loss_chart.png"]
     assert len(hub.commit_requests(repo.repo_id)) == 1
     assert repo.files["loss_chart.png"] == render_loss_chart(LOSSES)
+    assert repo.lfs_paths == {lora, "loss_chart.png"}  # through LFS, as on the Hub
+    assert len(hub.lfs_uploads(repo.repo_id)) == 2
 
     got = hf_hub_download(
         repo.repo_id, lora, endpoint=hub.url, token=WRITE_TOKEN, local_dir=tmp_path / "dl"
@@ -157,6 +159,7 @@ async def test_a_rerun_creates_no_second_repo_and_no_second_commit(
     assert ctx.store.load_result(JOB) == first
     assert repo.head == head and len(repo.commits) == 2  # the repo's first, then ours
     assert len(hub.commit_requests(repo.repo_id)) == 1
+    assert len(hub.lfs_uploads(repo.repo_id)) == 2  # the first run's LoRA and chart only
     creates = hub.requests(lambda r: r.path == "/api/repos/create")
     assert [r.status for r in creates] == [200, 409]
 
@@ -227,6 +230,26 @@ async def test_an_unreachable_hub_is_retryable(tmp_path: Path) -> None:
     with pytest.raises(Retryable) as failed:
         await publish.run(_context(tmp_path, dead, **_hub_output()))
     assert failed.value.code is ErrorCode.PUBLISH_FAILED
+
+
+async def test_a_storage_outage_during_the_lora_upload_is_retryable(
+    hub: LocalHub, tmp_path: Path
+) -> None:
+    """GIVEN LFS storage answering 503 to each first PUT and its 5 retries WHEN publish
+    runs THEN the job fails Retryable (huggingface_hub wraps the 503 in a bare RuntimeError,
+    which used to read as permanent), no signed URL is in the message, nothing is committed;
+    the retry publishes."""
+    hub.fail_lfs_uploads(6)
+    with pytest.raises(Retryable) as failed:
+        await publish.run(_context(tmp_path, hub.url, **_hub_output()))
+    assert failed.value.code is ErrorCode.PUBLISH_FAILED
+    assert "503" in failed.value.message and "ticket" not in failed.value.message
+    repo_id = f"alice/loraq-{JOB}"
+    assert hub.commit_requests(repo_id) == [] and hub.lfs_uploads(repo_id) == []
+
+    outcome = await publish.run(_context(tmp_path, hub.url, **_hub_output()))
+    assert outcome.outputs["delivered_by"] == "huggingface"
+    assert len(hub.commit_requests(repo_id)) == 1
 
 
 async def test_auto_with_a_write_token_delivers_to_the_hub(hub: LocalHub, tmp_path: Path) -> None:
