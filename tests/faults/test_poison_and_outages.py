@@ -99,7 +99,14 @@ def test_sns_outage_does_not_fail_training_and_every_event_arrives_later(
 
         await asyncio.to_thread(wait_until, finished, 120, "training to finish")
         await asyncio.to_thread(wait_until, gave_up, 60, "the terminal event to be held back")
-        assert queue_depth(stack, stack.queue_url) == 1, "acked without a terminal event"
+        # The log line comes just before the delayed copy is sent and the original deleted:
+        # wait for that swap to settle (0 would mean acked without a terminal event).
+        await asyncio.to_thread(
+            wait_until,
+            lambda: queue_depth(stack, stack.queue_url) == 1,
+            30,
+            "exactly one message (the held-back copy) on the queue",
+        )
         # SNS comes back; the message is redelivered within retry_base_delay_s.
         sns.create_topic(Name=stack.topic_arn.rsplit(":", 1)[1])
         watch = subscribe_queue(stack, "outage-watch")
