@@ -1,4 +1,4 @@
-"""S3 objects: parse ``s3://`` URLs, upload files, presign downloads."""
+"""S3 objects: parse ``s3://`` URLs, upload files, presign and resume downloads."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from aiobotocore.session import get_session
+
+from infra.s3_download import download_object
 
 SEVEN_DAYS_S = 7 * 24 * 3600  # SigV4's longest presigned validity
 
@@ -35,19 +37,8 @@ class S3Objects:
         return str(url)
 
     async def download_to(self, bucket: str, key: str, dest: Path, max_bytes: int) -> int:
-        reply = await self._s3.get_object(Bucket=bucket, Key=key)
-        size = int(reply.get("ContentLength", 0))
-        if size > max_bytes:
-            raise ValueError(f"object is {size} bytes, over the {max_bytes}-byte limit")
-        written = 0
-        async with reply["Body"] as stream:
-            with dest.open("wb") as out:
-                while chunk := await stream.read(1 << 20):
-                    written += len(chunk)
-                    if written > max_bytes:
-                        raise ValueError(f"object exceeds the {max_bytes}-byte limit")
-                    out.write(chunk)
-        return written
+        """Stream an object into ``dest``, resuming a cut transfer (``infra.s3_download``)."""
+        return await download_object(self._s3, bucket, key, dest, max_bytes)
 
 
 @asynccontextmanager

@@ -86,9 +86,9 @@ async def _download_once(ctx: StageContext, url: str, dest: Path) -> int:
         bucket, key = parse_s3_url(url)
         try:
             return await ctx.s3.download_to(bucket, key, dest, settings.max_download_bytes)
-        except ValueError as exc:
-            raise DownloadRefused(str(exc)) from exc
-        except Exception as exc:  # botocore's errors: missing key, access denied, network
+        except (DownloadRefused, DownloadFailed):
+            raise
+        except Exception as exc:  # anything else botocore raises: another try would not help
             raise DownloadRefused(f"cannot read {url}: {exc}") from exc
     return await download_http(
         url, dest, max_bytes=settings.max_download_bytes, allow=settings.fetch_allow
