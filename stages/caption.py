@@ -22,6 +22,7 @@ fails.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -96,7 +97,6 @@ async def _caption_with_joycaption(
 
     folder = await _joycaption_weights(ctx)
     options = JoyCaptionOptions.from_settings(ctx.settings)
-    trigger = ctx.request.dataset.trigger_word
     try:
         captioner = await JoyCaptioner.open(folder, options)
         try:
@@ -104,9 +104,7 @@ async def _caption_with_joycaption(
                 captioner,
                 images,
                 options.batch_size,
-                lambda path, text: atomic_write_text(
-                    _caption_path(path), with_trigger(text, trigger)
-                ),
+                _caption_writer(ctx.request.dataset.trigger_word),
                 ctx.stop_requested.is_set,
             )
         finally:
@@ -153,7 +151,6 @@ async def _caption_with_gemini(
     key = _gemini_key(ctx)
     from stages.captioners.gemini import GeminiCaptioner, GeminiOptions  # google-genai is heavy
 
-    trigger = ctx.request.dataset.trigger_word
     options = dataclasses.replace(GeminiOptions.from_settings(ctx.settings), prompt=prompt)
     captioner: Captioner = GeminiCaptioner(key, options)
     try:
@@ -161,7 +158,7 @@ async def _caption_with_gemini(
             captioner,
             files,
             ctx.settings.caption_concurrency,
-            lambda path, text: atomic_write_text(_caption_path(path), with_trigger(text, trigger)),
+            _caption_writer(ctx.request.dataset.trigger_word),
         )
     except CaptionError as exc:
         raise _stage_failure(exc, "Gemini") from None
@@ -178,6 +175,15 @@ def _gemini_key(ctx: StageContext) -> SecretStr:
             field=GEMINI_KEY_FIELD,
         )
     return key
+
+
+def _caption_writer(trigger: str | None) -> Callable[[Path, str], None]:
+    """Each caption is written the moment it arrives, trigger word first: a crash keeps it."""
+
+    def write(path: Path, text: str) -> None:
+        atomic_write_text(_caption_path(path), with_trigger(text, trigger))
+
+    return write
 
 
 def _drop(rejected: dict[Path, CaptionError]) -> list[Path]:

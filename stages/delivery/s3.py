@@ -6,14 +6,12 @@ overwrites the same objects instead of creating new ones.
 
 from __future__ import annotations
 
-import asyncio
-
 from contracts.enums import OutputMethod
 from contracts.result import OutputInfo
 from infra.s3 import SEVEN_DAYS_S, S3Objects, s3_client
 from stages.context import StageContext
 from stages.delivery import Bundle, DeliveryError
-from stages.delivery.archive import build_archive
+from stages.delivery.archive import archive_for_download
 
 
 async def deliver(ctx: StageContext, bundle: Bundle) -> OutputInfo:
@@ -21,11 +19,7 @@ async def deliver(ctx: StageContext, bundle: Bundle) -> OutputInfo:
     if s3 is None:
         raise DeliveryError("output.s3 is required", retryable=False, field="output.s3")
     model_dir, lora_path = bundle.model_dir, bundle.lora_path
-    ctx.paths.work.mkdir(parents=True, exist_ok=True)
-    # Zipping gigabytes would stall the event loop, and with it the heartbeats.
-    archive = await asyncio.to_thread(
-        build_archive, model_dir, ctx.paths.work / f"{ctx.job_id}_{model_dir.name}.zip"
-    )
+    archive = await archive_for_download(ctx, bundle)
     prefix = f"{s3.key_prefix.strip('/')}/{ctx.job_id}"
     zip_key = f"{prefix}/{model_dir.name}.zip"
     lora_key = f"{prefix}/{model_dir.name}/{lora_path.name}"

@@ -25,7 +25,7 @@ from infra.form_upload import FilePart, HostReply, HostUnreachable, post_form
 from stages.context import StageContext
 from stages.delivery import Bundle, DeliveryError
 from stages.delivery import record as records
-from stages.delivery.archive import build_archive
+from stages.delivery.archive import archive_for_download
 
 # In-stage attempts on 5xx, throttling and dropped connections; then the job's own retry.
 ATTEMPTS = 3
@@ -53,10 +53,7 @@ class _Transient(Exception):
 
 
 async def deliver_to(host: TempHost, ctx: StageContext, bundle: Bundle) -> OutputInfo:
-    ctx.paths.work.mkdir(parents=True, exist_ok=True)
-    archive = ctx.paths.work / f"{ctx.job_id}_{bundle.model_dir.name}.zip"
-    # Zipping and hashing gigabytes would stall the event loop, and with it the heartbeats.
-    await asyncio.to_thread(build_archive, bundle.model_dir, archive)
+    archive = await archive_for_download(ctx, bundle)
     try:
         return await _deliver_archive(host, ctx, bundle, archive)
     finally:
