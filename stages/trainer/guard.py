@@ -2,7 +2,9 @@
 
 The worker starts ``python -m stages.trainer.guard --parent PID -- deepspeed ...`` as the
 leader of a new process group. Linux sends the guard SIGTERM when the worker dies, even by
-SIGKILL (``PR_SET_PDEATHSIG``); the guard then signals its whole group, where DeepSpeed's
+SIGKILL (``PR_SET_PDEATHSIG``, which the guard sets on itself first thing, then checks that
+its parent is still the worker: the worker cannot set it from a ``preexec_fn``, see
+``TrainerProcess.start``); the guard then signals its whole group, where DeepSpeed's
 launcher and every rank live. DeepSpeed's top-level ``deepspeed`` runner does not forward
 SIGTERM to its ranks on a single node, so signalling it alone is not enough; and without this,
 a killed worker's trainer would keep writing into the job directory while another worker

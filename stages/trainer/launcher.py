@@ -22,7 +22,6 @@ from pathlib import Path
 import stages.tiny_trainer
 from infra.settings import Settings
 from stages.registry import ModelSpec
-from stages.trainer.guard import die_with_parent
 from stages.trainer.run_dirs import Checkpoint
 from stages.trainer.shm import release_shared_memory
 
@@ -138,7 +137,10 @@ class TrainerProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            # No preexec_fn: with one, Python runs every at-fork hook in the child, and
+            # huggingface_hub's (close its httpx client) blocks forever on a pool lock that an
+            # upload thread held at the fork; Popen, on the event loop, then waits for an exec
+            # that never comes. The guard sets PR_SET_PDEATHSIG itself, first thing.
             limit=1 << 20,
         )
         return cls(process, launch.master_port)
