@@ -20,16 +20,16 @@ from consumer.job import Job
 from consumer.messages import Rejection, parse_request
 from consumer.outcomes import MAX_SEND_DELAY_S, Outcomes
 from consumer.policy import RetryPolicy
-from contracts.enums import ErrorCode, EventType, JobStatus, StageName
+from contracts.enums import ErrorCode, EventType, JobStatus, StageName, StageStatus
 from contracts.events import AcceptedData, FailedData, SucceededData
-from contracts.ledger import Lease, Ledger
+from contracts.ledger import Lease, Ledger, StageError
 from infra.queue import JobQueue, QueueMessage
 from infra.redact import Redactor
 from infra.s3 import S3Objects
 from infra.settings import Settings
 from infra.volume import JobStore, LeaseHeld, LeaseToken, utcnow
 from stages.context import StageContext
-from stages.errors import Interrupted, Retryable, StageFailure
+from stages.errors import Interrupted, Permanent, Retryable, StageFailure
 from stages.pipeline import StageHook, preflight, run_stages
 
 log = structlog.get_logger("loraq.job")
@@ -173,7 +173,16 @@ class JobRunner:
         return True
 
     async def _run_leased(self, job: Job, token: LeaseToken) -> None:
-        ledger = self._open_ledger(job)
+        ledger = self._open_ledger(job, token)
+        try:
+            if self._policy.has_lost_too_many_runs(ledger.lost_runs):
+                await self._fail_lost(job, ledger)
+            else:
+                await self._run_heartbeated(job, ledger, token)
+        finally:
+            self._close_run(job.job_id, token)
+
+    async def _run_heartbeated(self, job: Job, ledger: Ledger, token: LeaseToken) -> None:
         settings = self._settings
         job.heartbeat = Heartbeat(
             self._queue,
@@ -218,7 +227,7 @@ class JobRunner:
                 return
         await self._outcomes.succeeded(job, ledger)
 
-    def _open_ledger(self, job: Job) -> Ledger:
+    def _open_ledger(self, job: Job, token: LeaseToken) -> Ledger:
         ledger = self._store.load_ledger(job.job_id)
         if ledger is None:
             now = utcnow()
@@ -226,12 +235,53 @@ class JobRunner:
                 job_id=job.job_id, model_type=job.request.model_type, created_at=now, updated_at=now
             )
             self._store.save_request(job.job_id, job.request.redacted())
+        if ledger.open_run is not None:
+            ledger.lost_runs += 1
+            log.warning(
+                "previous_run_lost",
+                lost_runs=ledger.lost_runs,
+                stage=ledger.last_started_stage(),
+                limit=self._policy.max_lost_runs,
+            )
+        ledger.open_run = token.token
         ledger.deliveries += 1
         self._store.save_ledger(ledger)
         return ledger
 
+    def _close_run(self, job_id: str, token: LeaseToken) -> None:
+        """Whatever way the run ended here, it did not vanish: the next one must not count it.
+
+        Reloaded and checked, so a run that lost its lease never overwrites the new holder's.
+        """
+        ledger = self._store.load_ledger(job_id)
+        if ledger is not None and ledger.open_run == token.token:
+            ledger.open_run = None
+            self._store.save_ledger(ledger)
+
+    async def _fail_lost(self, job: Job, ledger: Ledger) -> None:
+        """The job took its worker down on each of its last runs: stop feeding it workers."""
+        stage = ledger.last_started_stage()
+        where = f" during {stage.value}" if stage is not None else ""
+        failure = Permanent(
+            ErrorCode.WORKER_LOST,
+            f"the job's runs ended with their worker's death {ledger.lost_runs} times{where} "
+            "(killed without warning: out of host or GPU memory, or the machine was lost); "
+            "it is not run again so that it takes no more workers down",
+        )
+        if stage is not None:
+            record = ledger.stage(stage)
+            record.status = StageStatus.FAILED
+            record.error = StageError(code=failure.code, message=failure.message, retryable=False)
+        ledger.open_run = None
+        log.error("job_lost_too_many_runs", lost_runs=ledger.lost_runs, stage=stage)
+        await self._outcomes.failed(job, ledger, failure)
+
     async def _run_pipeline(self, job: Job, ledger: Ledger, lease_lost: asyncio.Event) -> None:
-        preflight(job.request)
+        try:
+            preflight(job.request)
+        except StageFailure:
+            self._end_run(ledger, lease_lost)
+            raise
         stop = AnyEvent(self._stop, lease_lost)
         ctx = StageContext(
             job_id=job.job_id,
@@ -249,6 +299,13 @@ class JobRunner:
             await run_stages(ctx, self._store.save_ledger, self._hook)
         finally:
             stop.close()
+            self._end_run(ledger, lease_lost)
+
+    def _end_run(self, ledger: Ledger, lease_lost: asyncio.Event) -> None:
+        """Before the outcome is handled: a hand-back may reach another worker at once."""
+        if not lease_lost.is_set():
+            ledger.open_run = None
+            self._store.save_ledger(ledger)
 
 
 def _internal(exc: Exception, redactor: Redactor) -> StageFailure:

@@ -83,3 +83,5 @@ class ErrorCode(StrEnum):
     TRAINING_FAILED = "training_failed"
     PUBLISH_FAILED = "publish_failed"
     INTERNAL_ERROR = "internal_error"
+    # The job's runs ended with their worker's death (killed, out of memory) too many times.
+    WORKER_LOST = "worker_lost"

@@ -47,6 +47,11 @@ class Ledger(BaseModel):
     deliveries: int = 0
     # Attempts that ended in a failure; the retry policy counts these, not SQS receives.
     failed_attempts: int = 0
+    # The run in progress (its lease token), cleared whenever a run ends through the worker's own
+    # code. Still set when the next run opens: that run's worker died without an outcome.
+    open_run: str | None = None
+    # Runs that ended that way (SIGKILL, the kernel's OOM killer, a lost machine, a lost lease).
+    lost_runs: int = 0
     # The terminal event reached every sink: a leftover continuation can then go silently.
     terminal_published: bool = False
     # Set when the job failed for good: what ``loraq.job.failed`` said, replayed on redelivery.
@@ -61,6 +66,15 @@ class Ledger(BaseModel):
 
     def is_completed(self, name: StageName) -> bool:
         return self.stage(name).status is StageStatus.COMPLETED
+
+    def last_started_stage(self) -> StageName | None:
+        """The unfinished stage that started last: where a run that vanished was."""
+        started = [
+            (record.started_at, name)
+            for name, record in self.stages.items()
+            if record.started_at is not None and record.status is not StageStatus.COMPLETED
+        ]
+        return max(started)[1] if started else None
 
 
 class Lease(BaseModel):

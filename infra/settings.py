@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # moves its message to the DLQ). None: the queue's own maxReceiveCount; a larger value is
     # clamped to it, since SQS would dead-letter the message first without a job.failed.
     max_receives: int | None = Field(default=None, ge=1)
+    # A job whose runs killed their worker this many times (no outcome recorded: SIGKILL, the
+    # OOM killer, a lost node) fails with worker_lost at its next receive. Kept below the
+    # receive limit, so that the failure is published before the message is dead-lettered.
+    max_lost_runs: int = Field(default=3, ge=1)
     shutdown_grace_s: float = Field(default=90.0, gt=0)
     # SQS caps one receipt at 12 h of invisibility: hand the job to a continuation message
     # before that (30 minutes of margin by default).

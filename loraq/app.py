@@ -77,6 +77,7 @@ async def run_worker(
             worker_id=settings.worker_id,
             queue=settings.queue_url,
             max_receives=policy.max_receives,
+            max_lost_runs=policy.max_lost_runs,
             volume=str(settings.volume),
         )
         try:
@@ -99,6 +100,7 @@ async def _retry_policy(queue: SqsJobQueue, settings: Settings) -> RetryPolicy:
         max_receives=max_receives,
         has_dead_letter_queue=dead_letters,
         base_delay_s=settings.retry_base_delay_s,
+        max_lost_runs=settings.max_lost_runs,
     )
 
 

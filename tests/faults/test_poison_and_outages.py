@@ -128,3 +128,44 @@ def test_sns_outage_does_not_fail_training_and_every_event_arrives_later(
             asyncio.run(scenario())
         finally:
             configure_logging("INFO")
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_with_worker_lost_not_silently(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """GIVEN a job whose runs die with their worker (SIGKILL right after fetch, twice: the limit
+    under the local queue's maxReceiveCount of 3) WHEN a third worker receives it THEN it runs
+    nothing, publishes one job.failed with worker_lost naming fetch, SQS dead-letters the
+    message, and the same worker goes on to run the next job to success."""
+    url = upload_dataset(stack)
+    send_job(stack, demo_request(url, stack, job_id="killer", epochs=1))
+    marker = tmp_path / "paused-fetch"
+    for run in (1, 2):
+        worker = WorkerProcess(
+            stack, tmp_path, f"doomed-{run}", tmp_path, LORAQ_TEST_PAUSE_AFTER="fetch"
+        )
+        try:
+            wait_until(marker.exists, 120, f"run {run} to reach the end of fetch")
+        finally:
+            worker.stop()  # SIGKILL: the run ends with no outcome, as under the OOM killer
+        marker.unlink()
+    survivor = WorkerProcess(stack, tmp_path, "survivor", tmp_path)
+    try:
+        events = wait_for_terminal(stack, {"killer"}, 120)
+        wait_until(lambda: queue_depth(stack, stack.dlq_url) == 1, 60, "the DLQ to get it")
+        send_job(stack, demo_request(url, stack, job_id="after-the-killer", epochs=1))
+        events += wait_for_terminal(stack, {"after-the-killer"}, 180)
+        assert survivor.alive
+    finally:
+        survivor.stop()
+    failed = [e for e in events if e.subject == "killer" and e.type.is_terminal]
+    assert [e.type for e in failed] == [EventType.JOB_FAILED]
+    data = failed[0].data
+    assert (data["code"], data["stage"], data["retryable"]) == ("worker_lost", "fetch", False)
+    ledger = JobStore(tmp_path).load_ledger("killer")
+    assert ledger is not None and ledger.status is JobStatus.FAILED
+    # The third run started no stage: fetch was tried by the two doomed runs only.
+    assert (ledger.lost_runs, ledger.stage(StageName.FETCH).attempts) == (2, 2)
+    assert ledger.stage(StageName.CAPTION).attempts == 0
+    nxt = [e.type for e in events if e.subject == "after-the-killer" and e.type.is_terminal]
+    assert nxt == [EventType.JOB_SUCCEEDED]

@@ -14,7 +14,7 @@ from consumer.events import EventPublisher
 from consumer.heartbeat import CONTINUATION_ATTRIBUTE
 from consumer.job_runner import JobRunner
 from consumer.policy import RetryPolicy
-from contracts.enums import EventType, JobStatus, ModelType, OutputMethod
+from contracts.enums import EventType, JobStatus, ModelType, OutputMethod, StageName, StageStatus
 from contracts.events import CloudEvent
 from contracts.ledger import Ledger
 from infra.queue import QueueMessage
@@ -217,3 +217,66 @@ async def test_a_crashing_stage_is_named_and_its_message_scrubbed(
     state = store.paths("job-1").ledger.read_text()
     assert '"fetch"' in state and "internal_error" in state and secret not in state
     assert all(secret not in e.model_dump_json() for e in sink.events)
+
+
+def _abandoned_run(store: JobStore, lost_runs: int) -> None:
+    """A ledger as a worker killed mid-fetch leaves it: its run still open, fetch running."""
+    now = utcnow()
+    ledger = Ledger(
+        job_id="job-1",
+        model_type=ModelType.TINY,
+        created_at=now,
+        updated_at=now,
+        open_run="token-of-a-dead-worker",
+        lost_runs=lost_runs,
+    )
+    fetch = ledger.stage(StageName.FETCH)
+    fetch.status, fetch.attempts, fetch.started_at = StageStatus.RUNNING, 1, now
+    store.save_ledger(ledger)
+
+
+async def test_a_run_ended_by_the_runner_is_closed_and_counts_as_no_lost_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN a run that fails (preflight) through the runner's own code WHEN it ends THEN the
+    ledger has no open run, so the next delivery would not take it for a dead worker's."""
+    _litterbox_unavailable(monkeypatch)
+    runner, _, _, store = _runner(tmp_path)
+    await runner.handle(_message(_body(output={"method": "litterbox"})))
+    ledger = store.load_ledger("job-1")
+    assert ledger is not None and (ledger.open_run, ledger.lost_runs) == (None, 0)
+
+
+async def test_a_run_left_open_by_a_dead_worker_is_counted_and_the_job_still_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN a run left open by a worker that died WHEN the job is received again, below the
+    limit THEN that run counts as lost (1) and the job runs (here: to its preflight failure)."""
+    _litterbox_unavailable(monkeypatch)
+    runner, _, sink, store = _runner(tmp_path)
+    _abandoned_run(store, lost_runs=0)
+    await runner.handle(_message(_body(output={"method": "litterbox"}), receive_count=2))
+    ledger = store.load_ledger("job-1")
+    assert ledger is not None and (ledger.open_run, ledger.lost_runs) == (None, 1)
+    assert sink.events[0].type is EventType.JOB_ACCEPTED
+    assert sink.events[-1].data["code"] == "unsupported"
+
+
+async def test_a_job_that_keeps_killing_its_worker_fails_with_worker_lost_before_the_dlq(
+    tmp_path: Path,
+) -> None:
+    """GIVEN a job whose last two runs died with their worker (limit 2 under maxReceiveCount 3)
+    WHEN it is received the third time THEN nothing runs; one job.failed says worker_lost,
+    names the stage it died in and is not retryable; the message is left for the DLQ."""
+    runner, queue, sink, store = _runner(tmp_path)
+    _abandoned_run(store, lost_runs=1)
+    await runner.handle(_message(_body(), receive_count=3))
+    assert [e.type for e in sink.events] == [EventType.JOB_FAILED]
+    failed = sink.events[0].data
+    assert (failed["code"], failed["stage"], failed["retryable"]) == ("worker_lost", "fetch", False)
+    assert "2 times during fetch" in failed["message"]
+    assert queue.visibility == [("msg-1", 0)] and queue.deleted == []
+    ledger = store.load_ledger("job-1")
+    assert ledger is not None and ledger.status is JobStatus.FAILED
+    assert ledger.stage(StageName.FETCH).attempts == 1, "the stage ran again"
+    assert ledger.open_run is None
