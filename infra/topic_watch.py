@@ -4,6 +4,8 @@ SNS keeps nothing: a subscriber sees only what is published after it subscribed,
 queue of its own to receive into. ``TopicWatch`` creates that queue (``loraq-watch-<id>``),
 lets the topic send to it, subscribes it with a filter policy on the ``job_id`` message
 attribute, so the queue only ever holds this job's events, and removes both again on close.
+While it runs it keeps its queue's ``loraq:alive`` tag fresh, which is how a later watch tells
+a live watch's queue from one abandoned by a killed watcher (``infra.watch_sweep``).
 Raw message delivery makes each SQS body the CloudEvent itself, as ``SnsEventSink`` published it.
 """
 
@@ -11,14 +13,18 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from contracts.events import CloudEvent
+from infra.watch_sweep import ALIVE_EVERY_S, ALIVE_TAG, WATCH_QUEUE_PREFIX
 
-WATCH_QUEUE_PREFIX = "loraq-watch-"
+__all__ = ["WATCH_QUEUE_PREFIX", "TopicWatch", "queue_policy"]
 # Long enough to outlive a suspended terminal (Ctrl-Z), short enough that an abandoned queue
 # (a watcher killed with SIGKILL cannot clean up) does not keep events for days.
 _RETENTION_S = 6 * 3600
@@ -49,10 +55,20 @@ class TopicWatch:
     stops delivering, then deletes the queue. It is safe to call twice.
     """
 
-    def __init__(self, sqs: Any, sns: Any, topic_arn: str, job_id: str) -> None:
+    def __init__(
+        self,
+        sqs: Any,
+        sns: Any,
+        topic_arn: str,
+        job_id: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._sqs = sqs
         self._sns = sns
         self._topic = topic_arn
+        self._clock = clock
+        self._alive_at = 0.0
         self.job_id = job_id
         self.queue_name = f"{WATCH_QUEUE_PREFIX}{uuid.uuid4().hex[:12]}"
         self.queue_url: str | None = None
@@ -70,8 +86,11 @@ class TopicWatch:
         await self.close()
 
     async def open(self) -> None:
+        self._alive_at = self._clock()
         reply = await self._sqs.create_queue(
-            QueueName=self.queue_name, Attributes={"MessageRetentionPeriod": str(_RETENTION_S)}
+            QueueName=self.queue_name,
+            Attributes={"MessageRetentionPeriod": str(_RETENTION_S)},
+            tags={ALIVE_TAG: str(int(self._alive_at))},
         )
         self.queue_url = str(reply["QueueUrl"])
         attrs = await self._sqs.get_queue_attributes(
@@ -100,6 +119,7 @@ class TopicWatch:
         reply = await self._sqs.receive_message(
             QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds
         )
+        await self._keep_alive()
         messages = reply.get("Messages", [])
         if not messages:
             return []
@@ -117,6 +137,16 @@ class TopicWatch:
                 # Someone else's message on the topic with a matching job_id attribute.
                 _log.warning("skipped a message that is not a loraq event")
         return events
+
+    async def _keep_alive(self) -> None:
+        now = self._clock()
+        if now - self._alive_at < ALIVE_EVERY_S or self.queue_url is None:
+            return
+        self._alive_at = now
+        try:
+            await self._sqs.tag_queue(QueueUrl=self.queue_url, Tags={ALIVE_TAG: str(int(now))})
+        except ClientError as exc:  # the next beat tries again; the sweep margin is 6 beats
+            _log.warning("could not mark the watch queue alive: %s", exc)
 
     async def close(self) -> None:
         subscription, self.subscription_arn = self.subscription_arn, None

@@ -28,7 +28,13 @@ from infra.hub import HubAccessDenied, HubError, HubNotFound, HubUnavailable
 from infra.hub_status_poll import HubStatusPoller, HubUnreachable, StatusPoll, retry_after_s
 from infra.redact import Redactor
 from loraq import status_text
-from loraq.watch import EXIT_FAILED, EXIT_STOPPED, EXIT_SUCCEEDED, EXIT_USAGE, cancel_on_sigterm
+from loraq.watch import (
+    EXIT_FAILED,
+    EXIT_STOPPED,
+    EXIT_SUCCEEDED,
+    EXIT_USAGE,
+    cancel_on_stop_signals,
+)
 from loraq.watch_display import WatchDisplay, make_display
 
 DEFAULT_INTERVAL_S = 10.0
@@ -59,7 +65,7 @@ class _HubFollower:
         self._answered = False
 
     async def run(self) -> None:
-        cancel_on_sigterm()
+        cancel_on_stop_signals()
         self._display.note(
             f"watching job {self.view.job_id} through {self._poller.repo_id} "
             f"(UPDATES/status.json, every {self._interval:g}s)"

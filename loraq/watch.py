@@ -25,6 +25,7 @@ from contracts.status import JobStatusView
 from infra.aws import AwsClients
 from infra.topic_watch import TopicWatch
 from infra.volume import JOBS_DIR, JobStore
+from infra.watch_sweep import sweep_abandoned_watches
 from loraq import status_text
 from loraq.watch_display import WatchDisplay, make_display
 
@@ -64,29 +65,46 @@ class _Follower:
             self.apply(event)
 
 
-def cancel_on_sigterm() -> None:
-    """SIGTERM ends the watch like Ctrl-C does: through cancellation, so cleanup runs."""
+def cancel_on_stop_signals() -> None:
+    """SIGTERM, and SIGHUP (the terminal was closed), end the watch like Ctrl-C does: through
+    cancellation, so the queue is removed before the process goes."""
     task = asyncio.current_task()
     if task is not None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
 
 
 async def _follow(follower: _Follower, topic_arn: str, volume: Path | None) -> None:
-    async with (
-        AwsClients() as aws,
-        TopicWatch(aws.sqs, aws.sns, topic_arn, follower.view.job_id) as watch,
-    ):
-        follower.display.note(f"watching job {follower.view.job_id} ({watch.queue_name})")
-        if volume is not None:
-            follower.replay(volume)
-        while not follower.finished:
-            # One batch may hold several events out of order (a standard queue does not keep it).
-            for event in sorted(await watch.receive(_POLL_S), key=lambda e: e.time):
-                follower.apply(event)
+    async with AwsClients() as aws:
+        await _sweep(aws, topic_arn, follower.display)
+        async with TopicWatch(aws.sqs, aws.sns, topic_arn, follower.view.job_id) as watch:
+            await _receive_until_finished(follower, watch, volume)
+
+
+async def _sweep(aws: AwsClients, topic_arn: str, display: WatchDisplay) -> None:
+    """Best-effort: a watch without the rights to list queues still works."""
+    try:
+        removed = await sweep_abandoned_watches(aws.sqs, aws.sns, topic_arn)
+    except (BotoCoreError, ClientError):
+        return
+    if removed:
+        display.note(f"removed {len(removed)} abandoned watch queue(s): {', '.join(removed)}")
+
+
+async def _receive_until_finished(
+    follower: _Follower, watch: TopicWatch, volume: Path | None
+) -> None:
+    follower.display.note(f"watching job {follower.view.job_id} ({watch.queue_name})")
+    if volume is not None:
+        follower.replay(volume)
+    while not follower.finished:
+        # One batch may hold several events out of order (a standard queue does not keep it).
+        for event in sorted(await watch.receive(_POLL_S), key=lambda e: e.time):
+            follower.apply(event)
 
 
 async def _watch(follower: _Follower, topic_arn: str | None, volume: Path | None) -> int:
-    cancel_on_sigterm()
+    cancel_on_stop_signals()
     if topic_arn is None:
         assert volume is not None
         follower.replay(volume)

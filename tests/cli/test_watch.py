@@ -98,12 +98,12 @@ async def test_a_job_that_fails_shows_the_code_and_field(
     _assert_cleaned_up(stack)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 async def test_ctrl_c_stops_the_watch_and_removes_its_queue(
     stack: LocalStack, watch_pty: list[PtyProcess], signum: int
 ) -> None:
-    """GIVEN a watch in the middle of a job WHEN the user presses Ctrl-C (SIGINT) or the
-    watch is terminated (SIGTERM)
+    """GIVEN a watch in the middle of a job WHEN the user presses Ctrl-C (SIGINT), the watch is
+    terminated (SIGTERM) or its terminal is closed (SIGHUP)
     THEN it exits 130 saying the job goes on, with no queue or subscription left behind."""
     watch = _start(watch_pty, "job-5")
     await _subscribed(watch, "job-5")
