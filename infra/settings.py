@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # receive limit, so that the failure is published before the message is dead-lettered.
     max_lost_runs: int = Field(default=3, ge=1)
     shutdown_grace_s: float = Field(default=90.0, gt=0)
+    # When the event loop is blocked this long, every thread's stack goes to stderr while the
+    # stall lasts (consumer.stall_watch). Below the visibility timeout, so it is seen before the
+    # job is taken over; 0 turns it off.
+    loop_stall_dump_s: float = Field(default=30.0, ge=0)
     # SQS caps one receipt at 12 h of invisibility: hand the job to a continuation message
     # before that (30 minutes of margin by default).
     handoff_after_s: float = Field(default=11.5 * 3600, gt=0, le=12 * 3600)

@@ -12,6 +12,7 @@ from consumer.events import EventPublisher, EventSink
 from consumer.job_runner import JobRunner
 from consumer.policy import DEFAULT_MAX_RECEIVES, RetryPolicy
 from consumer.reconcile import reconcile
+from consumer.stall_watch import stall_watch
 from consumer.worker import Worker
 from infra.aws import AwsClients
 from infra.hub_updates import updates_sink_for
@@ -81,7 +82,8 @@ async def run_worker(
             volume=str(settings.volume),
         )
         try:
-            await worker.run()
+            async with stall_watch(settings.loop_stall_dump_s):
+                await worker.run()
         finally:
             if stop is not None:
                 watcher.cancel()
