@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
+
 from contracts.enums import ErrorCode, EventType, ModelType, OutputMethod, StageName
 from contracts.events import (
     AcceptedData,
@@ -17,6 +21,7 @@ from infra.aws import AwsClients
 from infra.local_stack import LocalStack
 from infra.sns import SnsEventSink
 from infra.topic_watch import WATCH_QUEUE_PREFIX
+from tests.cli.pty_process import PtyProcess
 
 
 def event(kind: EventType, data: EventData) -> CloudEvent:
@@ -98,3 +103,12 @@ def watch_subscriptions(stack: LocalStack) -> list[dict[str, str]]:
     """Subscriptions on the topic other than the stack's own watch queue."""
     subs = stack.client("sns").list_subscriptions_by_topic(TopicArn=stack.topic_arn)
     return [s for s in subs["Subscriptions"] if f":{WATCH_QUEUE_PREFIX}" in s["Endpoint"]]
+
+
+@pytest.fixture
+def watches() -> Iterator[list[PtyProcess]]:
+    """The terminals a test starts, closed (their processes killed) whatever the outcome."""
+    started: list[PtyProcess] = []
+    yield started
+    for process in started:
+        process.close()

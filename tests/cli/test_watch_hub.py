@@ -97,14 +97,6 @@ def hub() -> Iterator[LocalHub]:
         local.stop()
 
 
-@pytest.fixture
-def watches() -> Iterator[list[PtyProcess]]:
-    started: list[PtyProcess] = []
-    yield started
-    for process in started:
-        process.close()
-
-
 def _start(started: list[PtyProcess], hub: LocalHub, job_id: str = JOB) -> PtyProcess:
     env = dict(os.environ, HF_TOKEN=READ_TOKEN)
     # A topic in the environment (what `loraq stack` prints) does not get in --repo's way.

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from infra.aws import AwsClients
 from infra.local_stack import LocalStack
@@ -86,22 +83,14 @@ async def test_a_live_watch_marks_its_queue_alive_as_time_passes(stack: LocalSta
         assert await _sweep(stack, now=clock[0] + 600) == []
 
 
-@pytest.fixture
-def started() -> Iterator[list[PtyProcess]]:
-    processes: list[PtyProcess] = []
-    yield processes
-    for process in processes:
-        process.close()
-
-
 async def test_loraq_watch_sweeps_an_abandoned_queue_before_it_subscribes(
-    stack: LocalStack, started: list[PtyProcess]
+    stack: LocalStack, watches: list[PtyProcess]
 ) -> None:
     """GIVEN the queue of a watch killed hours ago WHEN the user starts `loraq watch` THEN it
     says it removed that queue, and only its own queue remains subscribed."""
     stale = _leftover(stack, "killed", time.time() - 3 * HOUR)
     watch = PtyProcess(loraq_argv("watch", "job-9"), dict(os.environ))
-    started.append(watch)
+    watches.append(watch)
     await asyncio.to_thread(watch.wait_for, "watching job job-9", 60)
     assert "removed 1 abandoned watch queue(s)" in watch.text and stale in watch.text
     assert stale not in watch_queues(stack) and len(watch_queues(stack)) == 1
