@@ -16,16 +16,16 @@ _SCRIPT = textwrap.dedent(
     from infra.logging import configure_logging
 
     def a_call_that_blocks_the_loop():
-        time.sleep(2.5)
+        time.sleep(4)
 
     async def main(block):
-        async with stall_watch(0.5):
+        async with stall_watch(1.0):
             await asyncio.sleep(0.1)
             if block:
                 a_call_that_blocks_the_loop()
             else:
-                await asyncio.sleep(2.5)
-            await asyncio.sleep(1.2)  # a tick after the stall: the loop reports it
+                await asyncio.sleep(3)
+            await asyncio.sleep(0.6)  # a tick after the stall: the loop reports it
 
     configure_logging("INFO")
     asyncio.run(main(sys.argv[1] == "block"))
@@ -46,7 +46,7 @@ def _run(mode: str) -> str:
 
 
 def test_a_blocked_loop_dumps_the_blocking_stack_and_logs_the_stall() -> None:
-    """GIVEN a worker loop watched with a 0.5 s limit WHEN a synchronous call blocks it 2.5 s
+    """GIVEN a worker loop watched with a 1 s limit WHEN a synchronous call blocks it 4 s
     THEN the stacks are written during the stall, naming that call, and event_loop_stalled is
     logged once the loop runs again."""
     output = _run("block")
@@ -55,6 +55,7 @@ def test_a_blocked_loop_dumps_the_blocking_stack_and_logs_the_stall() -> None:
 
 
 def test_a_loop_that_only_awaits_reports_nothing() -> None:
-    """GIVEN the same watch WHEN the loop waits 2.5 s by awaiting THEN nothing is reported."""
+    """GIVEN the same watch WHEN the loop waits 3 s by awaiting THEN nothing is reported (the
+    loop re-arms every 0.25 s, so only a wake-up late by 0.75 s could trip it)."""
     output = _run("await")
     assert "Thread" not in output and "event_loop_stalled" not in output
