@@ -91,10 +91,22 @@ class SqsJobQueue:
         return str(reply["MessageId"])
 
     async def max_receive_count(self) -> int | None:
+        policy = await self._redrive_policy()
+        return None if policy is None else int(policy["maxReceiveCount"])
+
+    async def dead_letter_queue_url(self) -> str | None:
+        """The URL of the queue SQS dead-letters this one's messages to, from its redrive policy."""
+        policy = await self._redrive_policy()
+        if policy is None:
+            return None
+        # arn:aws:sqs:<region>:<account>:<name>
+        _, _, _, _, account, name = str(policy["deadLetterTargetArn"]).split(":", 5)
+        reply = await self._sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)
+        return str(reply["QueueUrl"])
+
+    async def _redrive_policy(self) -> dict[str, Any] | None:
         reply = await self._sqs.get_queue_attributes(
             QueueUrl=self._url, AttributeNames=["RedrivePolicy"]
         )
         policy = reply.get("Attributes", {}).get("RedrivePolicy")
-        if not policy:
-            return None
-        return int(json.loads(policy)["maxReceiveCount"])
+        return dict(json.loads(policy)) if policy else None

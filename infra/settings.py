@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # OOM killer, a lost node) fails with worker_lost at its next receive. Kept below the
     # receive limit, so that the failure is published before the message is dead-lettered.
     max_lost_runs: int = Field(default=3, ge=1)
+    # How often a worker looks at the dead-letter queue for jobs that died there in silence
+    # (consumer.dead_letters); 0 turns it off.
+    dead_letter_sweep_s: float = Field(default=300.0, ge=0)
     shutdown_grace_s: float = Field(default=90.0, gt=0)
     # When the event loop is blocked this long, every thread's stack goes to stderr while the
     # stall lasts (consumer.stall_watch). Below the visibility timeout, so it is seen before the

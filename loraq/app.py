@@ -7,9 +7,12 @@ import functools
 import signal
 
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 
+from consumer.dead_letters import DeadLetterSweep
 from consumer.events import EventPublisher, EventSink
 from consumer.job_runner import JobRunner
+from consumer.outcomes import Outcomes
 from consumer.policy import DEFAULT_MAX_RECEIVES, RetryPolicy
 from consumer.reconcile import reconcile
 from consumer.stall_watch import stall_watch
@@ -81,12 +84,44 @@ async def run_worker(
             max_lost_runs=policy.max_lost_runs,
             volume=str(settings.volume),
         )
+        sweep = await _dead_letter_sweep(aws, queue, store, publisher, policy, settings)
         try:
             async with stall_watch(settings.loop_stall_dump_s):
                 await worker.run()
         finally:
             if stop is not None:
                 watcher.cancel()
+            if sweep is not None:
+                sweep.cancel()
+
+
+async def _dead_letter_sweep(
+    aws: AwsClients,
+    queue: SqsJobQueue,
+    store: JobStore,
+    publisher: EventPublisher,
+    policy: RetryPolicy,
+    settings: Settings,
+) -> asyncio.Task[None] | None:
+    """Start sweeping the jobs queue's DLQ, when it has one and the worker may read it."""
+    if settings.dead_letter_sweep_s <= 0:
+        return None
+    try:
+        url = await queue.dead_letter_queue_url()
+    except (BotoCoreError, ClientError) as exc:
+        log.warning("dead_letter_queue_unreadable", error=str(exc))
+        return None
+    if url is None:
+        return None
+    sweep = DeadLetterSweep(
+        SqsJobQueue(aws.sqs, url),
+        store,
+        Outcomes(queue, store, publisher, policy),
+        worker_id=settings.worker_id,
+        lease_s=settings.lease_seconds,
+        interval_s=settings.dead_letter_sweep_s,
+    )
+    return asyncio.create_task(sweep.run())
 
 
 async def _retry_policy(queue: SqsJobQueue, settings: Settings) -> RetryPolicy:

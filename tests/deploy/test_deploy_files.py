@@ -305,7 +305,8 @@ def test_outputs_name_the_queue_dlq_topic_and_worker_policy() -> None:
 def test_worker_policy_grants_exactly_what_the_worker_calls() -> None:
     """GIVEN the worker managed policy (the one behind the WorkerPolicyArn output)
     WHEN its statements are read
-    THEN the SQS consumer actions are allowed on the jobs queue only, sns:Publish on the topic,
+    THEN the SQS consumer actions are allowed on the jobs queue, the dead-letter sweep's
+    reads on the DLQ (no delete), sns:Publish on the topic,
     and S3 object access exists only behind the HasBucket condition (an optional bucket)."""
     template = _cfn()
     policy_name = template["Outputs"]["WorkerPolicyArn"]["Value"]["Ref"]
@@ -320,7 +321,17 @@ def test_worker_policy_grants_exactly_what_the_worker_calls() -> None:
 
     jobs_name, _ = _jobs_queue()
     sqs = [s for s in plain if any(a.startswith("sqs:") for a in actions(s))]
-    assert len(sqs) == 1
+    assert len(sqs) == 2
+    # The dead-letter sweep reads the DLQ and hides what it has seen; it never deletes there.
+    (sweep,) = [s for s in sqs if s["Sid"] == "SweepDeadLetters"]
+    assert actions(sweep) == {
+        "sqs:GetQueueUrl",
+        "sqs:ReceiveMessage",
+        "sqs:ChangeMessageVisibility",
+    }
+    dlq_name = template["Outputs"]["DlqUrl"]["Value"]["Ref"]
+    assert sweep["Resource"] == {"Fn::GetAtt": [dlq_name, "Arn"]}
+    sqs = [s for s in sqs if s is not sweep]
     assert {
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
