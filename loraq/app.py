@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import signal
 
@@ -93,6 +94,10 @@ async def run_worker(
                 watcher.cancel()
             if sweep is not None:
                 sweep.cancel()
+                # Awaited while the AWS clients are still open: a sweep cut short releases its
+                # lease, and a failure it saved but did not publish goes out on the next sweep.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweep
 
 
 async def _dead_letter_sweep(
