@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ import pytest
 
 from contracts.events import CloudEvent
 from infra.local_stack import LocalStack, start_local_stack
+from infra.settings import Settings
+from loraq.app import run_worker
 
 
 @pytest.fixture
@@ -60,6 +63,20 @@ def wait_for_terminal(
             if event.type.is_terminal:
                 done.add(event.subject)
     return events
+
+
+async def run_worker_until_terminal(
+    stack: LocalStack, settings: Settings, job_ids: set[str], timeout_s: float
+) -> list[CloudEvent]:
+    """One real worker in this process until every job has a terminal event, then stopped
+    (and awaited, so nothing of it outlives the test)."""
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(settings, stop=stop))
+    try:
+        return await asyncio.to_thread(wait_for_terminal, stack, job_ids, timeout_s)
+    finally:
+        stop.set()
+        await worker
 
 
 def send_job(stack: LocalStack, body: dict[str, Any] | str) -> str:

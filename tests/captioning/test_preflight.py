@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import http.server
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -14,11 +13,10 @@ import pytest
 from contracts.enums import ErrorCode, EventType, StageName
 from contracts.request import JobRequest
 from infra.local_stack import LocalStack
-from loraq.app import run_worker
 from stages.errors import Permanent
 from stages.pipeline import preflight, run_stages
 from tests.captioning.conftest import GEMINI_KEY, make_context, make_request
-from tests.conftest import send_job, wait_for_terminal
+from tests.conftest import run_worker_until_terminal, send_job
 
 
 @pytest.mark.parametrize("dataset_type", ["videos", "both"])
@@ -114,13 +112,7 @@ async def test_a_worker_refuses_it_before_any_download(
     body["input"]["job_id"] = "no-key"
     send_job(stack, body)
     settings = stack.worker_settings(tmp_path, visibility_timeout=30)
-    stop = asyncio.Event()
-    worker = asyncio.create_task(run_worker(settings, stop=stop))
-    try:
-        events = await asyncio.to_thread(wait_for_terminal, stack, {"no-key"}, 60)
-    finally:
-        stop.set()
-        await worker
+    events = await run_worker_until_terminal(stack, settings, {"no-key"}, 60)
 
     failed = [e for e in events if e.type is EventType.JOB_FAILED]
     assert len(failed) == 1 and failed[0].data["code"] == "invalid_request"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,8 @@ from infra.local_stack import LocalStack
 from infra.loss_chart import render_loss_chart
 from infra.updates_files import HISTORY_FILE, LOSS_CHART_FILE, STATUS_FILE
 from infra.volume import JobStore
-from loraq.app import run_worker
 from loraq.demo import demo_request, upload_dataset
-from tests.conftest import send_job, wait_for_terminal
+from tests.conftest import run_worker_until_terminal, send_job
 from tests.delivery.conftest import WRITE_TOKEN
 from tests.hub_server import LocalHub
 
@@ -42,13 +40,7 @@ async def test_a_job_with_output_method_huggingface_lands_in_the_users_repo(
     settings = stack.worker_settings(
         tmp_path, visibility_timeout=30, progress_interval_s=0, hf_endpoint=hub.url
     )
-    stop = asyncio.Event()
-    worker = asyncio.create_task(run_worker(settings, stop=stop))
-    try:
-        events = await asyncio.to_thread(wait_for_terminal, stack, {JOB}, 300)
-    finally:
-        stop.set()
-        await worker
+    events = await run_worker_until_terminal(stack, settings, {JOB}, 300)
 
     terminal = [e for e in events if e.type.is_terminal]
     assert [e.type for e in terminal] == [EventType.JOB_SUCCEEDED], terminal[0].data

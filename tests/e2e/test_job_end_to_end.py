@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import urllib.request
 from pathlib import Path
@@ -14,9 +13,8 @@ from contracts.enums import EventType, StageName, StageStatus
 from infra.local_stack import LocalStack
 from infra.settings import Settings
 from infra.volume import JobStore
-from loraq.app import run_worker
 from loraq.demo import demo_request, upload_dataset
-from tests.conftest import queue_depth, send_job, wait_for_terminal
+from tests.conftest import queue_depth, run_worker_until_terminal, send_job
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +27,7 @@ def _settings(stack: LocalStack, volume: Path) -> Settings:
 
 
 async def _run_until(stack: LocalStack, volume: Path, job_ids: set[str]) -> list:
-    stop = asyncio.Event()
-    worker = asyncio.create_task(run_worker(_settings(stack, volume), stop=stop))
-    try:
-        events = await asyncio.to_thread(wait_for_terminal, stack, job_ids, 300)
-    finally:
-        stop.set()
-        await worker
-    return events
+    return await run_worker_until_terminal(stack, _settings(stack, volume), job_ids, 300)
 
 
 async def test_malformed_message_fails_typed_and_the_next_job_succeeds(

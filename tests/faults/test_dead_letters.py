@@ -17,9 +17,8 @@ from infra.local_stack import LocalStack
 from infra.queue import SqsJobQueue
 from infra.sns import SnsEventSink
 from infra.volume import JobStore, utcnow
-from loraq.app import run_worker
 from loraq.demo import demo_request
-from tests.conftest import drain_events, queue_depth, wait_for_terminal
+from tests.conftest import drain_events, queue_depth, run_worker_until_terminal
 from tests.faults.harness import wait_until
 
 DATASET = "http://127.0.0.1:9/dataset.zip"  # never fetched: these jobs are past that
@@ -134,13 +133,7 @@ async def test_a_worker_finds_the_dlq_from_the_redrive_policy_and_sweeps_it(
     _ledger(JobStore(tmp_path), "found-by-a-worker", JobStatus.RUNNING, died_in=StageName.CAPTION)
     _dead_letter(stack, demo_request(DATASET, stack, job_id="found-by-a-worker"))
     settings = stack.worker_settings(tmp_path, dead_letter_sweep_s=1)
-    stop = asyncio.Event()
-    worker = asyncio.create_task(run_worker(settings, stop=stop))
-    try:
-        events = await asyncio.to_thread(wait_for_terminal, stack, {"found-by-a-worker"}, 60)
-    finally:
-        stop.set()
-        await worker
+    events = await run_worker_until_terminal(stack, settings, {"found-by-a-worker"}, 60)
     (failed,) = [e for e in events if e.type.is_terminal]
     assert (failed.type, failed.data["code"], failed.data["stage"]) == (
         EventType.JOB_FAILED,

@@ -7,7 +7,6 @@ non-allowed address) is sent at once to one in-process worker, followed by a val
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import socket
@@ -26,10 +25,9 @@ from contracts.enums import EventType
 from infra.archive import ArchiveLimits
 from infra.local_stack import LocalStack
 from infra.settings import Settings
-from loraq.app import run_worker
 from loraq.demo import demo_request, upload_dataset
 from loraq.sample_data import image_dataset_zip
-from tests.conftest import queue_depth, send_job, wait_for_terminal
+from tests.conftest import queue_depth, run_worker_until_terminal, send_job
 
 pytestmark = pytest.mark.slow
 
@@ -208,13 +206,9 @@ async def test_hostile_archives_and_urls_fail_typed_and_the_worker_stays_healthy
         expected[job_id] = (code, rule)
     send_job(stack, demo_request(upload_dataset(stack, count=2), stack, job_id="valid", epochs=1))
 
-    stop = asyncio.Event()
-    worker = asyncio.create_task(run_worker(_settings(stack, volume), stop=stop))
-    try:
-        events = await asyncio.to_thread(wait_for_terminal, stack, {*expected, "valid"}, 240)
-    finally:
-        stop.set()
-        await worker
+    events = await run_worker_until_terminal(
+        stack, _settings(stack, volume), {*expected, "valid"}, 240
+    )
 
     for job_id, (code, rule) in expected.items():
         terminal = [e for e in events if e.subject == job_id and e.type.is_terminal]
