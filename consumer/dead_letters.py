@@ -18,10 +18,11 @@ import asyncio
 import structlog
 
 from consumer.job import Job
+from consumer.lost_runs import count_lost_run, mark_worker_lost
 from consumer.messages import Rejection, parse_request
 from consumer.outcomes import Outcomes
-from contracts.enums import ErrorCode, JobStatus, StageStatus
-from contracts.ledger import Ledger, StageError
+from contracts.enums import JobStatus
+from contracts.ledger import Ledger
 from infra.queue import JobQueue, QueueMessage
 from infra.volume import JobStore, LeaseHeld
 
@@ -109,26 +110,15 @@ class DeadLetterSweep:
             self._store.release_lease(token)
 
     def _fail(self, ledger: Ledger) -> None:
-        if ledger.open_run is not None:
-            ledger.lost_runs += 1
-            ledger.open_run = None
-        stage = ledger.last_started_stage()
-        where = f" during {stage.value}" if stage is not None else ""
-        error = StageError(
-            code=ErrorCode.WORKER_LOST,
-            message=(
-                f"the job's worker died{where} on its message's last delivery (killed without "
-                "warning: out of host or GPU memory, or the machine was lost), and SQS moved "
-                "the message to the dead-letter queue"
-            ),
-            retryable=False,
+        count_lost_run(ledger)
+        error = mark_worker_lost(
+            ledger,
+            "the job's worker died{where} on its message's last delivery ({cause}), and SQS "
+            "moved the message to the dead-letter queue",
         )
-        if stage is not None:
-            record = ledger.stage(stage)
-            record.status, record.error = StageStatus.FAILED, error
         ledger.failed_attempts += 1
         ledger.status = JobStatus.FAILED
-        ledger.failed_stage = stage
+        ledger.failed_stage = ledger.last_started_stage()
         ledger.error = error
         self._store.save_ledger(ledger)
 

@@ -17,12 +17,13 @@ import structlog
 from consumer.events import EventPublisher, EventsUndelivered, JobSinkFactory
 from consumer.heartbeat import RECEIPT_LIMIT_S, Heartbeat
 from consumer.job import Job
+from consumer.lost_runs import count_lost_run, mark_worker_lost
 from consumer.messages import Rejection, parse_request
 from consumer.outcomes import MAX_SEND_DELAY_S, Outcomes
 from consumer.policy import RetryPolicy
-from contracts.enums import ErrorCode, EventType, JobStatus, StageName, StageStatus
+from contracts.enums import ErrorCode, EventType, JobStatus, StageName
 from contracts.events import AcceptedData, FailedData, SucceededData
-from contracts.ledger import Lease, Ledger, StageError
+from contracts.ledger import Lease, Ledger
 from infra.queue import JobQueue, QueueMessage
 from infra.redact import Redactor
 from infra.s3 import S3Objects
@@ -235,8 +236,7 @@ class JobRunner:
                 job_id=job.job_id, model_type=job.request.model_type, created_at=now, updated_at=now
             )
             self._store.save_request(job.job_id, job.request.redacted())
-        if ledger.open_run is not None:
-            ledger.lost_runs += 1
+        if count_lost_run(ledger):
             log.warning(
                 "previous_run_lost",
                 lost_runs=ledger.lost_runs,
@@ -261,20 +261,14 @@ class JobRunner:
     async def _fail_lost(self, job: Job, ledger: Ledger) -> None:
         """The job took its worker down on each of its last runs: stop feeding it workers."""
         stage = ledger.last_started_stage()
-        where = f" during {stage.value}" if stage is not None else ""
-        failure = Permanent(
-            ErrorCode.WORKER_LOST,
-            f"the job's runs ended with their worker's death {ledger.lost_runs} times{where} "
-            "(killed without warning: out of host or GPU memory, or the machine was lost); "
-            "it is not run again so that it takes no more workers down",
+        error = mark_worker_lost(
+            ledger,
+            f"the job's runs ended with their worker's death {ledger.lost_runs} times{{where}} "
+            "({cause}); it is not run again so that it takes no more workers down",
         )
-        if stage is not None:
-            record = ledger.stage(stage)
-            record.status = StageStatus.FAILED
-            record.error = StageError(code=failure.code, message=failure.message, retryable=False)
         ledger.open_run = None
         log.error("job_lost_too_many_runs", lost_runs=ledger.lost_runs, stage=stage)
-        await self._outcomes.failed(job, ledger, failure)
+        await self._outcomes.failed(job, ledger, Permanent(error.code, error.message))
 
     async def _run_pipeline(self, job: Job, ledger: Ledger, lease_lost: asyncio.Event) -> None:
         try:
