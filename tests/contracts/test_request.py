@@ -93,19 +93,22 @@ def test_documented_defaults_apply() -> None:
         ),
         (_minimal(training={"epochs": 0}), "input.training.epochs"),
         (_minimal(training={"learning_rate": "fast"}), "input.training.learning_rate"),
-        (_minimal(training={"alpha": 16}), "input.training"),
-        (_minimal(training={"output_dir": "/tmp/x"}), "input.training"),
-        (_minimal(training={"flux_shift": None}), "input.training"),
+        (_minimal(training={"alpha": 16}), "input.training.alpha"),
+        (_minimal(training={"output_dir": "/tmp/x"}), "input.training.output_dir"),
+        (_minimal(training={"flux_shift": None}), "input.training.flux_shift"),
         (_minimal(output={"method": "dropbox"}), "input.output.method"),
         (_minimal(output={"method": "s3"}), "input.output"),
         (_minimal(outptu={"method": "auto"}), "input.outptu"),
         (_minimal(job_id="../../etc"), "input.job_id"),
         ({"inputs": {}}, "input"),
-        (_minimal(training={"adapter": {"alpha": 16}}), "input.training"),
-        (_minimal(training={"adapter": {"rank": 4}}), "input.training"),
-        (_minimal(training={"model": "flux"}), "input.training"),
-        (_minimal(training={"model": {"type": "sdxl"}}), "input.training"),
-        (_minimal(training={"model": {"checkpoint_path": "/etc/passwd"}}), "input.training"),
+        (_minimal(training={"adapter": {"alpha": 16}}), "input.training.adapter.alpha"),
+        (_minimal(training={"adapter": {"rank": 4}}), "input.training.adapter.rank"),
+        (_minimal(training={"model": "flux"}), "input.training.model"),
+        (_minimal(training={"model": {"type": "sdxl"}}), "input.training.model.type"),
+        (
+            _minimal(training={"model": {"checkpoint_path": "/etc/passwd"}}),
+            "input.training.model.checkpoint_path",
+        ),
     ],
 )
 def test_invalid_request_names_the_field(body: dict[str, object], field: str) -> None:
@@ -166,9 +169,9 @@ def test_trigger_word_is_one_line() -> None:
 
 def test_nested_refusals_say_which_key_and_why() -> None:
     """GIVEN a refused key inside a pass-through table WHEN parsed THEN the message names it."""
-    with pytest.raises(ValidationError, match=r"training\.adapter\.alpha: diffusion-pipe forces"):
+    with pytest.raises(ValidationError, match=r"training\.adapter\.alpha\n  diffusion-pipe forces"):
         JobRequest.model_validate(_minimal(training={"adapter": {"alpha": 16}}))
-    with pytest.raises(ValidationError, match=r"training\.model: must be an object"):
+    with pytest.raises(ValidationError, match=r"training\.model\n  must be an object"):
         JobRequest.model_validate(_minimal(training={"model": "flux"}))
 
 

@@ -81,7 +81,7 @@ def test_a_job_without_an_id_gets_a_placeholder_directory(tmp_path: Path) -> Non
     [
         (
             {"training": {"alpha": 16}},
-            "input.training: Value error, training.alpha: diffusion-pipe forces alpha = rank",
+            "input.training.alpha: diffusion-pipe forces alpha = rank",
         ),
         (
             {"training": {"learning_rate": 5}},

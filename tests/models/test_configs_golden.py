@@ -404,7 +404,7 @@ def test_paths_loraq_provisions_cannot_be_overridden(
     """GIVEN a request that points a weight path elsewhere WHEN validated THEN it is refused,
     naming the key (the weights there would never be provisioned)."""
     with pytest.raises(
-        ValueError, match=f"training.{field_part}: model paths are managed by loraq"
+        ValueError, match=f"{field_part}\n  paths on the worker are managed by loraq"
     ):
         _job("z_image_turbo", "images", **training)
 
