@@ -69,7 +69,15 @@ class DeadLetterSweep:
             if not messages:
                 break
             for message in messages:
-                if job_id := await self._settle(message):
+                try:
+                    job_id = await self._settle(message)
+                except Exception as exc:
+                    # One message the sweep cannot settle must not hide the others behind it.
+                    log.warning(
+                        "dead_letter_unsettled", message_id=message.message_id, error=str(exc)
+                    )
+                    continue
+                if job_id:
                     failed.append(job_id)
         return failed
 
