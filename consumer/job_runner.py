@@ -25,7 +25,7 @@ from contracts.enums import ErrorCode, EventType, JobStatus, StageName
 from contracts.events import AcceptedData, FailedData, SucceededData
 from contracts.ledger import Lease, Ledger
 from infra.queue import JobQueue, QueueMessage
-from infra.redact import Redactor
+from infra.redact import Redactor, redacting
 from infra.s3 import S3Objects
 from infra.settings import Settings
 from infra.volume import JobStore, LeaseHeld, LeaseToken, utcnow
@@ -67,7 +67,7 @@ class JobRunner:
             await self._reject(message, parsed)
             return
         job = Job.of(message, parsed)
-        with structlog.contextvars.bound_contextvars(job_id=job.job_id):
+        with structlog.contextvars.bound_contextvars(job_id=job.job_id), redacting(job.redactor):
             try:
                 await self._handle_job(job)
             except EventsUndelivered as exc:

@@ -9,13 +9,13 @@ from typing import Any, TextIO
 
 import structlog
 
-from infra.redact import redact
+from infra.redact import redact_current
 
 
 def _redact_strings(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
         if isinstance(value, str):
-            event[key] = redact(value)
+            event[key] = redact_current(value)
     return event
 
 

@@ -8,7 +8,9 @@ so every message that leaves the process passes through a ``Redactor``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 MASK = "***"
 _TOKENS = re.compile(r"hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}")
@@ -16,6 +18,9 @@ _TOKENS = re.compile(r"hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35
 _QUERY_SECRET = re.compile(
     r"(?P<name>[?&](?:X-Amz-[A-Za-z-]+|Signature|sig|token|access_token|key)=)[^&\s\"']+", re.I
 )
+
+# URL userinfo (``http://user:PASS@host``) authenticates: the host stays, the rest goes.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@?#\"']+@")
 
 
 class Redactor:
@@ -27,7 +32,25 @@ class Redactor:
         for secret in self._secrets:
             text = text.replace(secret, MASK)
         text = _TOKENS.sub(MASK, text)
+        text = _USERINFO.sub(lambda m: m.group("scheme") + MASK + "@", text)
         return _QUERY_SECRET.sub(lambda m: m.group("name") + MASK, text)
 
 
 redact = Redactor()
+# The redactor of the job whose task is logging: it also knows that job's secret values.
+_current: ContextVar[Redactor] = ContextVar("loraq_redactor", default=redact)
+
+
+def redact_current(text: str) -> str:
+    """Mask with the running job's redactor (its own secrets too), else the generic one."""
+    return _current.get()(text)
+
+
+@contextmanager
+def redacting(redactor: Redactor) -> Iterator[None]:
+    """Log lines written inside (in this task and the tasks it starts) mask ``redactor``'s."""
+    token = _current.set(redactor)
+    try:
+        yield
+    finally:
+        _current.reset(token)
