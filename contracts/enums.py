@@ -81,6 +81,8 @@ class ErrorCode(StrEnum):
     DATASET_INVALID = "dataset_invalid"
     PROVISION_FAILED = "provision_failed"
     TRAINING_FAILED = "training_failed"
+    # The loss went non-finite, or the saved LoRA holds NaN/inf: the settings must change.
+    TRAINING_DIVERGED = "training_diverged"
     PUBLISH_FAILED = "publish_failed"
     INTERNAL_ERROR = "internal_error"
     # The job's runs ended with their worker's death (killed, out of memory) too many times.

@@ -18,6 +18,7 @@ from typing import Any
 import toml
 
 from contracts.enums import ErrorCode, StageName
+from contracts.pass_through import TRAINER_SECRETS
 from contracts.request import TOML_TABLES, JobInput
 from infra.volume import JobPaths, atomic_write_text
 from stages.context import StageContext, StageOutcome
@@ -57,7 +58,8 @@ _MODEL_KEYS = frozenset(
         "text_encoder_fp8",
     }
 )
-_ADAPTER_KEYS = frozenset({"dropout", "init_from_existing", "exclude_modules"})
+# init_from_existing is not here: it names a path, and contracts/pass_through.py refuses it.
+_ADAPTER_KEYS = frozenset({"dropout", "exclude_modules"})
 _OPTIMIZER_KEYS = frozenset(
     {"gradient_release", "momentum", "d_coef", "stochastic_rounding", "beta2_half_life"}
 )
@@ -132,6 +134,7 @@ def build_configs(
     }
     dataset = _dataset_table(request, spec, paths)
     _route_extras(t.extra_keys, train, dataset)
+    _secret_placeholders(t.trainer_secrets, train)
     total = predict_total_steps(
         train,
         dataset,
@@ -180,6 +183,15 @@ def _route_extras(extras: dict[str, Any], train: dict[str, Any], dataset: dict[s
             dataset[key] = value
         else:
             train[key] = value
+
+
+def _secret_placeholders(secrets: Mapping[str, object], train: dict[str, Any]) -> None:
+    """diffusion-pipe indexes ``monitoring.wandb_api_key`` (a KeyError without it): the TOML
+    gets an empty one, and ``wandb.login`` reads ``WANDB_API_KEY`` from the trainer's
+    environment instead (``contracts/pass_through.py`` has the sources)."""
+    for (table, key), variable in TRAINER_SECRETS.items():
+        if variable in secrets:
+            train.setdefault(table, {})[key] = ""
 
 
 def measure_media(dataset_dir: Path) -> list[MediaFile]:

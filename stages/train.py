@@ -15,9 +15,11 @@ from pathlib import Path
 
 from contracts.enums import ErrorCode, EventType, StageName
 from contracts.events import CheckpointData, ProgressData
+from contracts.request import TrainingSpec
 from stages.configure import TRAIN_TOML
 from stages.context import StageContext, StageOutcome
 from stages.errors import Interrupted, Permanent, Retryable
+from stages.lora_check import nonfinite_tensors
 from stages.registry import ModelSpec, spec_for
 from stages.trainer.launcher import (
     Launch,
@@ -53,9 +55,22 @@ class Diverged(Permanent):
 
     def __init__(self, steps: int) -> None:
         super().__init__(
-            ErrorCode.TRAINING_FAILED,
+            ErrorCode.TRAINING_DIVERGED,
             f"the loss was not finite for {steps} steps in a row; lower the learning rate "
             "or use a higher-precision dtype",
+            field="input.training.learning_rate",
+        )
+
+
+class LoraDiverged(Permanent):
+    """The saved LoRA holds NaN or infinity: the same settings would produce it again."""
+
+    def __init__(self, training: TrainingSpec, saved: str, bad: int, count: int) -> None:
+        super().__init__(
+            ErrorCode.TRAINING_DIVERGED,
+            f"the LoRA saved as {saved} holds non-finite values in {bad} of its {count} "
+            f"tensors; lower training.learning_rate ({training.learning_rate}) or "
+            f"training.optimizer_weight_decay ({training.optimizer_weight_decay})",
             field="input.training.learning_rate",
         )
 
@@ -130,7 +145,12 @@ async def run(ctx: StageContext) -> StageOutcome:
     resume = newest_checkpoint(ctx.paths.output)
     clear_control_files(ctx.paths.output)
     launch = build_launch(
-        ctx.settings, spec, ctx.paths.config / TRAIN_TOML, resume=resume, trust_cache=cached
+        ctx.settings,
+        spec,
+        ctx.paths.config / TRAIN_TOML,
+        resume=resume,
+        trust_cache=cached,
+        secrets=_trainer_secrets(ctx),
     )
     watch = _Watch(
         ctx, int(total) if isinstance(total, int) else None, resume.tag if resume else None
@@ -142,8 +162,16 @@ async def run(ctx: StageContext) -> StageOutcome:
     if interrupted:
         raise Interrupted("the worker is shutting down", stage=NAME, step=watch.progress.step)
     outcome = _outcome(ctx, watch, code, spec.lora_file)
+    await _refuse_nonfinite(ctx, Path(str(outcome.outputs["lora_path"])))
     outcome.outputs[LATENTS_CACHED] = cached
     return outcome
+
+
+async def _refuse_nonfinite(ctx: StageContext, lora_path: Path) -> None:
+    """The stage completes only with a LoRA worth delivering (``stages/lora_check.py``)."""
+    bad, count = await asyncio.to_thread(nonfinite_tensors, lora_path)
+    if bad:
+        raise LoraDiverged(ctx.request.training, lora_path.parent.name, len(bad), count)
 
 
 async def _cache_latents(ctx: StageContext, spec: ModelSpec) -> bool:
@@ -162,7 +190,12 @@ async def _cache_latents(ctx: StageContext, spec: ModelSpec) -> bool:
     record.outputs[CACHING_STARTED] = True
     ctx.store.save_ledger(ctx.ledger)
     launch = build_launch(
-        ctx.settings, spec, ctx.paths.config / TRAIN_TOML, cache_only=True, regenerate_cache=torn
+        ctx.settings,
+        spec,
+        ctx.paths.config / TRAIN_TOML,
+        cache_only=True,
+        regenerate_cache=torn,
+        secrets=_trainer_secrets(ctx),
     )
     watch = _Watch(ctx, None, None)
     interrupted, code = await _run_trainer(ctx, launch, watch)
@@ -174,6 +207,13 @@ async def _cache_latents(ctx: StageContext, spec: ModelSpec) -> bool:
     record.outputs[LATENTS_CACHED] = True
     ctx.store.save_ledger(ctx.ledger)
     return True
+
+
+def _trainer_secrets(ctx: StageContext) -> dict[str, str]:
+    return {
+        name: value.get_secret_value()
+        for name, value in ctx.request.training.trainer_secrets.items()
+    }
 
 
 async def _run_trainer(ctx: StageContext, launch: Launch, watch: _Watch) -> tuple[bool, int]:
@@ -228,7 +268,8 @@ def _save_quit_budget(ctx: StageContext) -> float:
 async def _read(process: TrainerProcess, watch: _Watch, log_path: Path) -> None:
     with log_path.open("a", encoding="utf-8") as log:
         async for text in process.lines():
-            log.write(text + "\n")
+            # The trainer prints what its libraries print; the request's secrets stay masked.
+            log.write(watch.ctx.redact(text) + "\n")
             log.flush()
             await watch.line(text)
 

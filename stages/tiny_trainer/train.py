@@ -651,6 +651,7 @@ def run_training(
     """Optionally resume, train, then write the final checkpoint and model unless just written."""
     resume: bool | str = args.resume_from_checkpoint or config.get("resume_from_checkpoint", False)
     ctx = build_context(args, config, dataset, resolution, resume)
+    monitoring_login(config)
     step, examples = resume_training(ctx) if resume else (1, ctx.global_batch_size)
     saver = Saver(ctx)
     final_name = finished_before_start(ctx, step)
@@ -663,6 +664,23 @@ def run_training(
     if not saved:
         saver.save_model(final_name)
     print("TRAINING COMPLETE!", flush=True)
+
+
+def monitoring_login(config: dict[str, Any]) -> None:
+    """What diffusion-pipe does with ``[monitoring]`` before training (train.py 561-573 at
+    8f83dbf), up to the network: the three keys are indexed (a KeyError when one is missing),
+    and the key is resolved the way ``wandb.login(key=...)`` resolves it, the argument when
+    non-empty, else ``WANDB_API_KEY``; with neither wandb raises its no-tty UsageError. The
+    tiny model never contacts W&B.
+    """
+    if not config.get("monitoring", {}).get("enable_wandb", False):
+        return
+    monitoring = config["monitoring"]
+    names = ("wandb_api_key", "wandb_tracker_name", "wandb_run_name")
+    key, _tracker, _run_name = (monitoring[name] for name in names)
+    if not (key or os.environ.get("WANDB_API_KEY")):
+        raise RuntimeError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])")
+    print("wandb: W&B API key is configured (the tiny model logs nothing to W&B)", flush=True)
 
 
 def dump_dataset(dataset: ImageDataset, out_dir: Path) -> None:

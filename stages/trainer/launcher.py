@@ -15,7 +15,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +62,13 @@ def trainer_script(spec: ModelSpec, settings: Settings) -> tuple[Path, Path]:
     return settings.diffusion_pipe_dir / "train.py", settings.diffusion_pipe_dir
 
 
-def trainer_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+def trainer_env(
+    settings: Settings,
+    base: dict[str, str] | None = None,
+    secrets: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The trainer's environment: the worker's, less every credential, plus the request's own
+    trainer secrets (``WANDB_API_KEY``), which are never written to the volume."""
     env = {
         key: value
         for key, value in (os.environ if base is None else base).items()
@@ -76,6 +82,7 @@ def trainer_env(settings: Settings, base: dict[str, str] | None = None) -> dict[
         NCCL_P2P_DISABLE="1",
         NCCL_IB_DISABLE="1",
     )
+    env.update(secrets or {})
     return env
 
 
@@ -89,6 +96,7 @@ def build_launch(
     cache_only: bool = False,
     trust_cache: bool = False,
     regenerate_cache: bool = False,
+    secrets: Mapping[str, str] | None = None,
 ) -> Launch:
     script, cwd = trainer_script(spec, settings)
     argv = [
@@ -109,7 +117,7 @@ def build_launch(
         argv.append("--trust_cache")
     port = master_port or free_port()
     argv += ["--master_port", str(port)]
-    return Launch(argv, cwd, trainer_env(settings), port)
+    return Launch(argv, cwd, trainer_env(settings, secrets=secrets), port)
 
 
 class TrainerProcess:
