@@ -168,14 +168,17 @@ def string_problem(value: str, max_length: int, *, one_line: bool = True) -> str
     if len(value) > max_length:
         return f"at most {max_length} characters"
     for char in value:
-        if char == "\t" and not one_line:
-            continue
-        category = unicodedata.category(char)
-        if category in ("Cc", "Cs", "Zl", "Zp") or char in _BIDI_CONTROLS:
+        if is_control_char(char) and not (char == "\t" and not one_line):
             return f"control or line-separator character U+{ord(char):04X} is not allowed"
     return None
 
 
+def is_control_char(char: str) -> bool:
+    """C0/C1 controls, lone surrogates, line/paragraph separators, bidirectional overrides."""
+    return unicodedata.category(char) in _CONTROL_CATEGORIES or char in _BIDI_CONTROLS
+
+
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 # Bidirectional overrides and isolates: they reorder text on display (CVE-2021-42574).
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 

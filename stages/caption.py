@@ -22,6 +22,7 @@ fails.
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import structlog
 from pydantic import SecretStr
 
 from contracts.enums import DatasetType, ErrorCode, StageName
+from contracts.pass_through import is_control_char
 from infra.hub import HubClient
 from infra.volume import MODELS_DIR, atomic_write_text
 from stages.captioners import (
@@ -212,8 +214,22 @@ def _apply_trigger(item: Path, trigger: str | None) -> None:
         atomic_write_text(caption_path, final)
 
 
+def normalise_caption(text: str) -> str:
+    """One line of NFC text with no control characters: what every caption file holds.
+
+    diffusion-pipe reads a caption file whole (``f.read().strip()``, utils/dataset.py line 753
+    at 8f83dbf) as one caption, so a newline is only noise inside it; NUL, ESC, CR, the line
+    and paragraph separators and the bidirectional overrides are refused in the trigger word
+    and replaced by a space here, wherever the caption came from (the upload, Gemini,
+    JoyCaption). Whitespace runs become one space.
+    """
+    text = unicodedata.normalize("NFC", text)
+    cleaned = "".join(" " if is_control_char(char) else char for char in text)
+    return " ".join(cleaned.split())
+
+
 def with_trigger(caption: str, trigger: str | None) -> str:
-    caption = " ".join(caption.split())
+    caption = normalise_caption(caption)
     if not trigger:
         return caption
     if caption == trigger or caption.startswith(f"{trigger},"):
