@@ -19,6 +19,7 @@ from loraq.demo import demo_request, upload_dataset
 from tests.conftest import run_worker_until_terminal, send_job
 from tests.delivery.conftest import WRITE_TOKEN
 from tests.hub_server import LocalHub
+from tests.secret_scan import find_secrets
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ JOB = "e2e-hub-job"
 
 
 async def test_a_job_with_output_method_huggingface_lands_in_the_users_repo(
-    stack: LocalStack, hub: LocalHub, tmp_path: Path
+    stack: LocalStack, hub: LocalHub, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """GIVEN a tiny job asking for output.method huggingface with a write token
     WHEN one worker runs it against the local Hub
@@ -79,9 +80,11 @@ async def test_a_job_with_output_method_huggingface_lands_in_the_users_repo(
     ]
     assert [e.id for e in history] == [e.id for e in journal]
     assert repo.files[LOSS_CHART_FILE].startswith(b"\x89PNG")
-    for name, content in repo.files.items():
-        assert WRITE_TOKEN.encode() not in content, name
-
-    for path in tmp_path.rglob("*"):
-        if path.is_file() and "dl" not in path.parts:
-            assert WRITE_TOKEN.encode() not in path.read_bytes(), path
+    leaks = find_secrets(
+        [WRITE_TOKEN],
+        roots=[tmp_path],
+        logs="".join(capfd.readouterr()),
+        events=events,
+        files=repo.files,
+    )
+    assert leaks == []

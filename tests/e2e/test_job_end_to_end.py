@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import urllib.request
 from pathlib import Path
 
@@ -15,11 +14,13 @@ from infra.settings import Settings
 from infra.volume import JobStore
 from loraq.demo import demo_request, upload_dataset
 from tests.conftest import queue_depth, run_worker_until_terminal, send_job
+from tests.secret_scan import find_secrets
 
 pytestmark = pytest.mark.slow
 
 HF_TOKEN = "hf_e2eSecretTokenThatMustNeverLeak0123456789"
 GEMINI_KEY = "AIzaE2eSecretKeyThatMustNeverLeak_0123456789"
+WANDB_KEY = "wandb-e2e-secret-key-that-must-never-leak-0123"
 
 
 def _settings(stack: LocalStack, volume: Path) -> Settings:
@@ -31,18 +32,25 @@ async def _run_until(stack: LocalStack, volume: Path, job_ids: set[str]) -> list
 
 
 async def test_malformed_message_fails_typed_and_the_next_job_succeeds(
-    stack: LocalStack, tmp_path: Path
+    stack: LocalStack, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """GIVEN a malformed message, then the seed's body for a tiny job, on moto's SQS
     WHEN one worker runs
     THEN the malformed one gets a typed job.failed, the job's events arrive on the SNS-subscribed
     queue in order (accepted … succeeded), its LoRA loads with rank-8 A/B tensors, every stage
-    completed once, both messages are gone from the queue and no secret is written anywhere."""
+    completed once, both messages are gone from the queue, W&B's key reached the trainer, and
+    no secret is written anywhere: volume, archive, logs or events."""
     bad_id = send_job(stack, "{this is not json")
     body = demo_request(
         upload_dataset(stack), stack, job_id="e2e-job", epochs=4, save_every_n_epochs=2
     )
     body["input"]["api_keys"] = {"huggingface_token": HF_TOKEN, "gemini_api_key": GEMINI_KEY}
+    body["input"]["training"]["monitoring"] = {
+        "enable_wandb": True,
+        "wandb_api_key": WANDB_KEY,
+        "wandb_tracker_name": "loraq-e2e",
+        "wandb_run_name": "e2e-job",
+    }
     send_job(stack, body)
 
     events = await _run_until(stack, tmp_path, {bad_id, "e2e-job"})
@@ -99,11 +107,12 @@ async def test_malformed_message_fails_typed_and_the_next_job_succeeds(
     captions = sorted((tmp_path / "jobs" / "e2e-job" / "dataset" / "images").glob("*.txt"))
     assert captions and all(c.read_text().startswith("lqshape, a ") for c in captions)
 
-    everything = [json.dumps([e.model_dump(mode="json") for e in events])]
-    everything += [
-        p.read_text(errors="replace")
-        for p in tmp_path.rglob("*")
-        if p.is_file() and p.suffix in {".json", ".jsonl", ".toml", ".txt", ".log"}
-    ]
-    for text in everything:
-        assert HF_TOKEN not in text and GEMINI_KEY not in text
+    train_log = (tmp_path / "jobs" / "e2e-job" / "logs" / "train.log").read_text()
+    assert "W&B API key is configured" in train_log
+    leaks = find_secrets(
+        [HF_TOKEN, GEMINI_KEY, WANDB_KEY],
+        roots=[tmp_path],
+        logs="".join(capfd.readouterr()),
+        events=events,
+    )
+    assert leaks == []
