@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from contracts.toml_values import UnfaithfulToml, check_value
+
 # Keys diffusion-pipe reads as paths, found by reading every config lookup at 8f83dbf
 # (train.py, utils/dataset.py, models/*.py), besides the ``*_path``/``*_dir``/``*_file`` names.
 PATH_KEYS = frozenset(
@@ -90,7 +92,19 @@ def refusals(extras: dict[str, Any]) -> Iterator[Refusal]:
     if len(extras) > MAX_KEYS:
         yield Refusal((), f"at most {MAX_KEYS} pass-through keys")
     for key, value in extras.items():
-        yield from _check(("training", key), value, 0)
+        found = list(_check(("training", key), value, 0))
+        yield from found
+        if not found:
+            yield from _unfaithful(key, value)
+
+
+def _unfaithful(key: str, value: Any) -> Iterator[Refusal]:
+    """A value that passed every rule above can still not survive TOML (``"C:\\x"`` in the
+    ``toml`` reader, an array of mixed types): refused here, before the job starts."""
+    try:
+        check_value((key,), value)
+    except UnfaithfulToml as exc:
+        yield Refusal(("training", *map(str, exc.where)), exc.reason)
 
 
 def _check(where: tuple[str, ...], value: Any, depth: int) -> Iterator[Refusal]:

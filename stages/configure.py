@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import toml
-
 from contracts.enums import ErrorCode, StageName
 from contracts.pass_through import TRAINER_SECRETS
 from contracts.request import TOML_TABLES, JobInput
+from contracts.toml_values import UnfaithfulToml, dumps
 from infra.volume import JobPaths, atomic_write_text
 from stages.context import StageContext, StageOutcome
 from stages.dataset_scan import measure_directory
@@ -211,8 +210,10 @@ def _as_media(media: Sequence[MediaFile] | Mapping[str, int], paths: JobPaths) -
 
 
 def write_configs(configs: Configs, config_dir: Path) -> None:
-    atomic_write_text(config_dir / DATASET_TOML, toml.dumps(configs.dataset))
-    atomic_write_text(config_dir / TRAIN_TOML, toml.dumps(configs.train))
+    """Both files, each verified to read back as built (``contracts/toml_values.py``)."""
+    dataset, train = dumps(configs.dataset), dumps(configs.train)
+    atomic_write_text(config_dir / DATASET_TOML, dataset)
+    atomic_write_text(config_dir / TRAIN_TOML, train)
 
 
 async def run(ctx: StageContext) -> StageOutcome:
@@ -236,7 +237,14 @@ async def run(ctx: StageContext) -> StageOutcome:
             "gradient_accumulation_steps",
             field="training.gradient_accumulation_steps",
         )
-    write_configs(configs, ctx.paths.config)
+    try:
+        write_configs(configs, ctx.paths.config)
+    except UnfaithfulToml as exc:  # the request's values are checked on arrival: loraq's own bug
+        raise Permanent(
+            ErrorCode.INVALID_REQUEST,
+            f"the trainer's config would not read back as written at {exc}",
+            field="training",
+        ) from exc
     return StageOutcome(
         {"train_toml": str(ctx.paths.config / TRAIN_TOML), "total_steps": configs.total_steps}
     )
