@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 from aiobotocore.session import get_session
 
+from infra.download import Pace
 from infra.s3_download import download_object
 
 SEVEN_DAYS_S = 7 * 24 * 3600  # SigV4's longest presigned validity
@@ -36,9 +37,11 @@ class S3Objects:
         )
         return str(url)
 
-    async def download_to(self, bucket: str, key: str, dest: Path, max_bytes: int) -> int:
+    async def download_to(
+        self, bucket: str, key: str, dest: Path, max_bytes: int, pace: Pace | None = None
+    ) -> int:
         """Stream an object into ``dest``, resuming a cut transfer (``infra.s3_download``)."""
-        return await download_object(self._s3, bucket, key, dest, max_bytes)
+        return await download_object(self._s3, bucket, key, dest, max_bytes, pace)
 
 
 @asynccontextmanager

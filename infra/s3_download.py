@@ -12,14 +12,16 @@ denied, over the size cap: retrying cannot help) or failed (throttling, 5xx, the
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
-from infra.download import DownloadFailed, DownloadRefused
+from infra.download import DownloadFailed, DownloadRefused, Pace
 from infra.partial_download import PartialDownload, Representation, ResumePoint, url_key
 
 _CHUNK = 1 << 20
@@ -46,7 +48,9 @@ class _Stale(Exception):
     """The held bytes cannot be continued: start over."""
 
 
-async def download_object(s3: Any, bucket: str, key: str, dest: Path, max_bytes: int) -> int:
+async def download_object(
+    s3: Any, bucket: str, key: str, dest: Path, max_bytes: int, pace: Pace | None = None
+) -> int:
     """Stream ``s3://bucket/key`` into ``dest``; returns the byte count.
 
     On a transient failure ``<dest>.partial`` and its sidecar stay for the next attempt.
@@ -67,7 +71,8 @@ async def download_object(s3: Any, bucket: str, key: str, dest: Path, max_bytes:
         raise DownloadRefused(f"object is {total} bytes, over the {max_bytes}-byte limit")
     if point is None:
         partial.restart(Representation(url_key(url), str(reply.get("ETag", "")), total))
-    return await _stream(reply, partial, point.offset if point else 0, total, max_bytes)
+    offset = point.offset if point else 0
+    return await _stream(reply, partial, offset, total, max_bytes, pace or Pace())
 
 
 async def _resumed(s3: Any, bucket: str, key: str, point: ResumePoint) -> dict[str, Any] | None:
@@ -100,20 +105,38 @@ async def _get(s3: Any, bucket: str, key: str, **extra: str) -> dict[str, Any]:
 
 
 async def _stream(
-    reply: dict[str, Any], partial: PartialDownload, start: int, total: int, max_bytes: int
+    reply: dict[str, Any],
+    partial: PartialDownload,
+    start: int,
+    total: int,
+    max_bytes: int,
+    pace: Pace,
 ) -> int:
     received = start
+    pace.restart_window()
     try:
         with partial.open_at(start) as out:
             async with reply["Body"] as stream:
-                while chunk := await stream.read(_CHUNK):
+                while chunk := await _read(stream, pace):
                     received += len(chunk)
                     if received > max_bytes:
                         partial.discard()
                         raise DownloadRefused(f"object exceeds the {max_bytes}-byte limit")
                     out.write(chunk)
+                    pace.observe(len(chunk))
     except (BotoCoreError, aiohttp.ClientError, TimeoutError) as exc:
         raise DownloadFailed(f"connection broke after {received} of {total} bytes: {exc}") from exc
     if received != total:
         raise DownloadFailed(f"truncated: {received} of {total} bytes")
     return partial.finish()
+
+
+async def _read(stream: Any, pace: Pace) -> bytes:
+    """The next chunk within the pace's window and deadline (``infra.download.Pace``)."""
+    while True:
+        try:
+            async with asyncio.timeout(pace.read_timeout()):
+                chunk: bytes = await stream.read(_CHUNK)
+                return chunk
+        except TimeoutError:
+            pace.check(time.monotonic())

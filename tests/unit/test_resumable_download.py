@@ -96,14 +96,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(origin, part)
 
     def _send(self, origin: Origin, part: bytes) -> None:
+        # Recorded before writing: the client can read the last byte (and the test assert)
+        # before this thread runs again.
         if not origin.cuts:
-            self.wfile.write(part)
             origin.sent.append(len(part))
+            self.wfile.write(part)
             return
         count, held = origin.cuts.pop(0)
+        origin.sent.append(count)
         self.wfile.write(part[:count])
         self.wfile.flush()
-        origin.sent.append(count)
         deadline = time.monotonic() + 10
         while _size(held) < count and time.monotonic() < deadline:
             time.sleep(0.005)  # waits on a condition: the client has written what it received
