@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -25,13 +25,23 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from contracts.enums import DatasetType, ModelType, OutputMethod
-from contracts.pass_through import PATHS_OWNED, refusals, string_problem, take_secrets
+from contracts.pass_through import (
+    PATHS_OWNED,
+    is_control_char,
+    refusals,
+    string_problem,
+    take_secrets,
+)
 
 # A job id names a directory on the shared volume and an HF repo suffix: keep it path-safe.
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
 
 Dtype = Literal["float32", "bfloat16", "float16", "float8"]
+Secret = Annotated[SecretStr, Field(min_length=1, max_length=4096)]
+# S3's bucket naming rules (3-63 characters of lower case, digits, dots and hyphens).
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+MAX_URL = 8192  # far above any presigned URL; a 300 KB "URL" is not a mistake
 
 # Keys diffusion-pipe refuses, or that loraq itself owns (paths on the volume): refused with
 # a reason instead of failing hours later inside the trainer.
@@ -68,6 +78,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class DatasetS3(_Strict):
+    """Where and as whom to read ``s3://`` dataset URLs: the tenant's own storage and keys.
+
+    Without it the worker reads only from the buckets its operator lists
+    (``LORAQ_DATASET_BUCKETS``) with its own role; see docs/request.md, "s3:// datasets".
+    """
+
+    endpoint_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s]+$")
+    region: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9-]+$")
+    access_key: Secret
+    secret_key: Secret
+
+
 class DatasetSpec(_Strict):
     type: DatasetType
     images_url: str | None = None
@@ -75,12 +98,15 @@ class DatasetSpec(_Strict):
     trigger_word: str | None = None
     image_repeats: int = Field(default=1, ge=1, le=1000)
     video_repeats: int = Field(default=5, ge=1, le=1000)
+    s3: DatasetS3 | None = None
 
     @field_validator("images_url", "videos_url")
     @classmethod
     def _url_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^(https?|s3)://", value):
-            raise ValueError("must be an http(s):// or s3:// URL")
+        if value is not None:
+            problem = url_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @field_validator("trigger_word")
@@ -210,9 +236,6 @@ def _table_errors(name: str, value: Any) -> list[InitErrorDetails]:
 
 
 # Secrets are bounded too: a 1 MiB "token" is a mistake or an attack, never a credential.
-Secret = Annotated[SecretStr, Field(min_length=1, max_length=4096)]
-
-
 class ApiKeys(_Strict):
     huggingface_token: Secret | None = None
     gemini_api_key: Secret | None = None
@@ -229,7 +252,7 @@ class HuggingFaceOutput(_Strict):
 
 
 class S3Output(_Strict):
-    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+[a-z0-9]$")
+    bucket: str = Field(min_length=3, max_length=63, pattern=BUCKET_PATTERN)
     endpoint_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s]+$")
     region: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9-]+$")
     access_key: Secret | None = None
@@ -237,6 +260,13 @@ class S3Output(_Strict):
     key_prefix: str = Field(
         default="diffusion-pipe-outputs", max_length=512, pattern=r"^[A-Za-z0-9!_.*'()/-]*$"
     )
+
+    @model_validator(mode="after")
+    def _keys_in_pairs(self) -> S3Output:
+        # One key alone would make the client fall back to the worker's own role.
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ValueError("give both access_key and secret_key, or neither")
+        return self
 
 
 class OutputSpec(_Strict):
@@ -269,7 +299,7 @@ class JobInput(_Strict):
 
     def secret_values(self) -> list[str]:
         """Every secret the request carries, so that messages can be scrubbed of them."""
-        s3 = self.output.s3
+        s3, dataset_s3 = self.output.s3, self.dataset.s3
         candidates = [
             self.api_keys.huggingface_token,
             self.api_keys.gemini_api_key,
@@ -277,6 +307,8 @@ class JobInput(_Strict):
             self.output.upload_url,
             s3.access_key if s3 else None,
             s3.secret_key if s3 else None,
+            dataset_s3.access_key if dataset_s3 else None,
+            dataset_s3.secret_key if dataset_s3 else None,
             *self.training.trainer_secrets.values(),
         ]
         values = [c.get_secret_value() for c in candidates if c is not None]
@@ -291,12 +323,52 @@ class JobInput(_Strict):
         for key in ("images_url", "videos_url"):
             if dataset.get(key):
                 dataset[key] = url_without_credentials(dataset[key])
+        if isinstance(dataset.get("s3"), dict):
+            for key in ("access_key", "secret_key"):
+                dataset["s3"].pop(key, None)
         output = data.get("output") or {}
         for section in ("huggingface", "s3"):
             if isinstance(output.get(section), dict):
                 for key in ("token", "access_key", "secret_key"):
                     output[section].pop(key, None)
         return data
+
+
+def url_problem(url: str) -> str | None:
+    """Why a dataset URL cannot be fetched, found at parse time rather than by the fetch stage.
+
+    ``urlsplit`` raises on ``http://[::1/x`` and ``.port`` on ``:99999``; ``s3://bucket`` has
+    no key. Each would otherwise surface hours later as an internal error with no field.
+    """
+    if len(url) > MAX_URL:
+        return f"must be at most {MAX_URL} characters"
+    if any(char.isspace() or is_control_char(char) for char in url):
+        return "must not contain spaces or control characters (percent-encode them)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as exc:
+        return f"is not a valid URL: {exc}"
+    if parts.scheme in ("http", "https"):
+        if not host:
+            return "must name a host"
+        if port == 0:
+            return "must not use port 0"
+        return None
+    if parts.scheme == "s3":
+        return _s3_url_problem(parts)
+    return "must be an http(s):// or s3:// URL"
+
+
+def _s3_url_problem(parts: SplitResult) -> str | None:
+    if parts.username or parts.password or parts.port is not None:
+        return "an s3:// URL is s3://bucket/key (credentials go in dataset.s3)"
+    if not re.fullmatch(BUCKET_PATTERN, parts.netloc):
+        return "an s3:// URL must name a valid bucket (s3://bucket/key)"
+    if not parts.path.strip("/"):
+        return "an s3:// URL must name an object key (s3://bucket/key)"
+    return None
 
 
 def url_credentials(url: str | None) -> list[str]:

@@ -72,6 +72,8 @@ class LocalStack:
             "topic_arn": self.topic_arn,
             "volume": volume,
             "fetch_allow": ["127.0.0.1"],
+            "dataset_buckets": [self.bucket],
+            "output_buckets": [self.bucket],
             "wait_time_seconds": 1,
         }
         values.update(overrides)

@@ -87,6 +87,20 @@ class Settings(BaseSettings):
     # Hosts or CIDRs a dataset URL may resolve to even though they are private (the local
     # stack's S3 on 127.0.0.1, an in-VPC MinIO). Empty: only public addresses.
     fetch_allow: list[str] = Field(default_factory=list)
+    # A dataset transfer slower than this over one window fails (a server trickling one byte
+    # every two seconds under a 10 MB Content-Length would otherwise hold a slot for hours), and
+    # no dataset may take longer than the deadline, retries included. Sized for multi-GB zips:
+    # 20 GiB (the size cap) at 2 MiB/s is under three hours.
+    download_min_rate_bytes_s: int = Field(default=64 * 1024, ge=1)
+    download_rate_window_s: float = Field(default=60.0, gt=0)
+    download_deadline_s: float = Field(default=4 * 3600.0, gt=0)
+    # Buckets the worker reads s3:// datasets from with its own role: a trust decision (anyone
+    # who can send a message can read them). Any other s3:// dataset needs the request's own
+    # credentials (dataset.s3) or a presigned https:// URL.
+    dataset_buckets: list[str] = Field(default_factory=list)
+    # The same decision for writes: output.s3 without keys writes with the worker's role only
+    # into these buckets (else a tenant could overwrite any object the role can write).
+    output_buckets: list[str] = Field(default_factory=list)
     local_publish_dir: Path | None = None
     # The Hugging Face Hub to provision weights from; None: huggingface_hub's own default
     # (HF_ENDPOINT, else https://huggingface.co). Tests point it at a local Hub.

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from contracts.enums import ErrorCode
+from contracts.request import DatasetS3
 from infra.aws import AwsClients
 from infra.download import DownloadRefused
 from infra.local_stack import LocalStack
@@ -18,6 +20,7 @@ from infra.s3 import S3Objects
 from infra.s3_download import download_object
 from loraq.sample_data import image_dataset_zip
 from stages import fetch
+from stages.errors import Permanent
 from tests.captioning.conftest import make_context
 
 KEY = "datasets/big.zip"
@@ -115,14 +118,59 @@ async def test_the_fetch_stage_reads_an_s3_url_with_the_workers_credentials(
 
     body = image_dataset_zip(count=6, size=48)
     stack.client("s3").put_object(Bucket=stack.bucket, Key=KEY, Body=body)
-    ctx = make_context(tmp_path / "vol", "http://unused")
-    dataset = ctx.request.dataset.model_copy(
-        update={"images_url": f"s3://{stack.bucket}/{KEY}", "videos_url": None}
-    )
-    ctx.request = ctx.request.model_copy(update={"dataset": dataset})
+    ctx = _s3_context(tmp_path, f"s3://{stack.bucket}/{KEY}", dataset_buckets=[stack.bucket])
     async with AwsClients() as aws:
         ctx.s3 = S3Objects(aws.s3)
         outcome = await fetch.run(ctx)
     assert outcome.outputs["images_count"] == 6
     assert len(list((ctx.paths.dataset / "images").glob("*.png"))) == 6
     assert not list(ctx.paths.work.glob("images.zip*"))
+
+
+def _s3_context(
+    tmp_path: Path, url: str, own: dict[str, Any] | None = None, **settings: Any
+) -> Any:
+    ctx = make_context(tmp_path / "vol", "http://unused", **settings)
+    update: dict[str, Any] = {"images_url": url, "videos_url": None}
+    if own is not None:
+        update["s3"] = DatasetS3.model_validate(own)
+    ctx.request = ctx.request.model_copy(
+        update={"dataset": ctx.request.dataset.model_copy(update=update)}
+    )
+    return ctx
+
+
+async def test_the_workers_role_reads_only_buckets_the_operator_listed(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """GIVEN another tenant's object in a bucket the worker's role can read, not listed in
+    LORAQ_DATASET_BUCKETS WHEN a request names it with no dataset.s3 THEN the fetch fails as a
+    permanent dataset_download_failed on its field and nothing is read (confused deputy)."""
+    stack.client("s3").put_object(Bucket=stack.bucket, Key=KEY, Body=image_dataset_zip(count=2))
+    ctx = _s3_context(tmp_path, f"s3://{stack.bucket}/{KEY}", dataset_buckets=["other"])
+    async with AwsClients() as aws:
+        ctx.s3 = S3Objects(aws.s3)
+        with pytest.raises(Permanent) as caught:
+            await fetch.run(ctx)
+    assert caught.value.code is ErrorCode.DATASET_DOWNLOAD_FAILED
+    assert caught.value.field == "dataset.images_url"
+    assert "LORAQ_DATASET_BUCKETS" in caught.value.message
+    assert not (ctx.paths.dataset / "images").exists()
+
+
+async def test_dataset_s3_reads_as_the_tenant_from_their_own_endpoint(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """GIVEN dataset.s3 with an endpoint and keys, and no bucket listed WHEN fetched THEN the
+    object is read with the tenant's client; a private endpoint not allowed is refused."""
+    stack.client("s3").put_object(Bucket=stack.bucket, Key=KEY, Body=image_dataset_zip(count=3))
+    own = {"endpoint_url": stack.endpoint, "access_key": "tk", "secret_key": "ts"}
+    url = f"s3://{stack.bucket}/{KEY}"
+    ctx = _s3_context(tmp_path / "a", url, own, fetch_allow=["127.0.0.1"])
+    outcome = await fetch.run(ctx)  # no worker S3 client at all: ctx.s3 is None
+    assert outcome.outputs["images_count"] == 3
+
+    ctx = _s3_context(tmp_path / "b", url, own, fetch_allow=[])
+    with pytest.raises(Permanent, match="non-public address") as caught:
+        await fetch.run(ctx)
+    assert caught.value.field == "dataset.images_url"
