@@ -16,8 +16,8 @@ _JOB_ID = re.compile(JOB_ID_PATTERN)
 # SQS's own ceiling (1 MiB since 2025; moto 5's ``sqs/constants.py`` MAXIMUM_MESSAGE_LENGTH
 # agrees): no real message is larger, so a larger body came some other way and is refused.
 MAX_BODY_BYTES = 1_048_576
-# The deepest a valid request goes is 6 (body → input → training → table → ... ); 32 leaves
-# room for pass-through values (each refused past its own depth) and is far below recursion.
+# A valid request nests at most 8 deep (body, input, training, then pass-through values to
+# contracts/pass_through.MAX_DEPTH); 32 leaves room and is far below json.loads recursing.
 MAX_JSON_DEPTH = 32
 
 

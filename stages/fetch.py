@@ -182,7 +182,7 @@ def _lower_caption_suffixes(files: list[Path]) -> None:
     """``img_1.TXT`` becomes ``img_1.txt``: diffusion-pipe pairs a caption with its image by
     ``image_file.with_suffix('.txt')`` (utils/dataset.py at 8f83dbf, lines 650-655), which is
     case-sensitive, so an upper-case caption would silently train on the trigger word alone.
-    Where both spellings exist, the lower-case one wins and the other is dropped."""
+    (Names that differ only in case were already told apart by the extractor.)"""
     for caption in files:
         if caption.suffix.lower() == CAPTION_SUFFIX and caption.suffix != CAPTION_SUFFIX:
             if not caption.exists():

@@ -9,7 +9,7 @@ import toml
 
 from contracts.request import JobRequest
 from infra.volume import JobPaths
-from stages.caption import with_trigger
+from stages.caption import normalise_caption, with_trigger
 from stages.configure import build_configs, write_configs
 
 
@@ -106,3 +106,21 @@ def test_trigger_is_prepended_exactly_once(
     once = with_trigger(caption, trigger)
     assert once == expected
     assert with_trigger(once, trigger) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("a cat\r\non a mat", "a cat on a mat"),
+        ("nul\x00esc\x1b[2Jend", "nul esc [2Jend"),
+        ("line\u2028para\u2029end", "line para end"),
+        ("bidi\u202eevil", "bidi evil"),
+        ("Cafe\u0301", "Caf\u00e9"),  # NFC: e + combining acute becomes one character
+        ("  tabs\tand   runs  ", "tabs and runs"),
+    ],
+)
+def test_captions_are_one_line_of_nfc_text_without_controls(raw: str, clean: str) -> None:
+    """GIVEN a caption holding CR/LF, NUL, ESC, separators, a bidi override or decomposed text
+    WHEN normalised (every caption is, whatever wrote it) THEN one line of NFC text remains."""
+    assert normalise_caption(raw) == clean
+    assert with_trigger(raw, "ohwx") == f"ohwx, {clean}"

@@ -174,3 +174,32 @@ async def test_dataset_s3_reads_as_the_tenant_from_their_own_endpoint(
     with pytest.raises(Permanent, match="non-public address") as caught:
         await fetch.run(ctx)
     assert caught.value.field == "dataset.images_url"
+
+
+async def test_upper_case_caption_extensions_pair_with_their_images(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """GIVEN ``shape_000.TXT`` beside ``shape_000.png`` WHEN fetched THEN it is ``shape_000.txt``,
+    the name diffusion-pipe pairs by ``with_suffix('.txt')``, and no upper-case caption is left
+    to be ignored."""
+    import io
+    import zipfile
+
+    source = zipfile.ZipFile(io.BytesIO(image_dataset_zip(count=2, size=48)))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in source.namelist():
+            data = source.read(name)
+            if name == "shape_000.txt":
+                archive.writestr("shape_000.TXT", b"upper case caption")
+            else:
+                archive.writestr(name, data)
+    stack.client("s3").put_object(Bucket=stack.bucket, Key=KEY, Body=buffer.getvalue())
+    ctx = _s3_context(tmp_path, f"s3://{stack.bucket}/{KEY}", dataset_buckets=[stack.bucket])
+    async with AwsClients() as aws:
+        ctx.s3 = S3Objects(aws.s3)
+        await fetch.run(ctx)
+    images = ctx.paths.dataset / "images"
+    assert not [p for p in images.iterdir() if p.suffix == ".TXT"]
+    assert (images / "shape_000.txt").read_text() == "upper case caption"
+    assert (images / "shape_001.txt").exists()
