@@ -59,6 +59,10 @@ class LocalStack:
             "LORAQ_BUCKET": self.bucket,
             # Private addresses are refused for dataset URLs; only this stack's own is allowed.
             "LORAQ_FETCH_ALLOW": json.dumps(["127.0.0.1"]),
+            # The stack's one bucket is shared on purpose: s3:// demo datasets and keyless
+            # output.s3 may use it with the worker's role (docs/request.md, s3:// datasets).
+            "LORAQ_DATASET_BUCKETS": json.dumps([self.bucket]),
+            "LORAQ_OUTPUT_BUCKETS": json.dumps([self.bucket]),
         }
 
     def worker_settings(self, volume: Path, **overrides: Any) -> Settings:
