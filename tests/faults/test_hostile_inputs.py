@@ -28,6 +28,7 @@ from infra.settings import Settings
 from loraq.demo import demo_request, upload_dataset
 from loraq.sample_data import image_dataset_zip
 from tests.conftest import queue_depth, run_worker_until_terminal, send_job
+from tests.traps import trap_listener
 
 pytestmark = pytest.mark.slow
 
@@ -107,14 +108,8 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def trap() -> Iterator[socket.socket]:
     """A listener on 127.0.0.3 (not allowed): any connection the worker made would queue here."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.3", 0))
-    listener.listen(8)
-    listener.setblocking(False)
-    try:
+    with trap_listener() as listener:
         yield listener
-    finally:
-        listener.close()
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from infra.partial_download import PartialDownload
 from stages import fetch
 from stages.errors import Permanent
 from tests.captioning.conftest import make_context
+from tests.traps import trap_listener
 
 BODY = b"z" * 4096
 
@@ -83,14 +84,8 @@ def server() -> Iterator[tuple[str, int]]:
 @pytest.fixture
 def trap(server: tuple[str, int]) -> Iterator[socket.socket]:
     """A listener on 127.0.0.3 at the server's port: where a rebound name would connect."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.3", server[1]))
-    listener.listen(8)
-    listener.setblocking(False)
-    try:
+    with trap_listener(port=server[1]) as listener:
         yield listener
-    finally:
-        listener.close()
 
 
 class Rebinding(AbstractResolver):
