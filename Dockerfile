@@ -24,15 +24,26 @@ ARG DIFFUSION_PIPE_COMMIT=8f83dbf25d03219df705570ec03e62be04bc402f
 # ---------------------------------------------------------------------------------------------
 FROM ${CUDA_IMAGE} AS builder
 
+# Every RUN's pipes fail when any command in them fails, not only the last: without it a failed
+# `pip list` piped into grep would leave an empty torch constraints file and the build would go on.
+# SHELL holds for one stage only, so the runtime stage says it again.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
 # torch is not on PyPI with the CUDA build we want; it comes from PyTorch's cu128 index.
 # diffusion-pipe leaves torch out of requirements.txt on purpose ("install PyTorch first").
-# torchvision is required too (diffusion-pipe's models/base.py imports it); keep the pair matched.
+# torchvision and torchaudio are required too: diffusion-pipe's models/base.py imports both at top
+# level (torchaudio since upstream 8c63bd7, and its requirements.txt does not list it), and every
+# model module imports models.base. torchaudio 2.8.0 requires torch==2.8.0 exactly (its version
+# follows torch's), so the trio comes from one index in one pip call.
 ARG TORCH_VERSION=2.8.0
 ARG TORCHVISION_VERSION=0.23.0
+ARG TORCHAUDIO_VERSION=2.8.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ARG DIFFUSION_PIPE_REPO=https://github.com/tdrussell/diffusion-pipe.git
 ARG DIFFUSION_PIPE_COMMIT
-# Optional: only some models (Wan, HunyuanImage) use flash-attn, and it falls back to SDPA.
+# Required for Wan: its model and CLIP call flash_attention directly (models/wan/model.py), which
+# asserts flash-attn 2 is importable (models/wan/attention.py:107); only the attention() wrapper
+# that Wan does not use falls back to SDPA.
 ARG FLASH_ATTN_VERSION=2.8.3
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -58,15 +69,25 @@ RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \
 
 RUN python3 -m venv /opt/venv
 
+# The pins for diffusion-pipe's and ComfyUI's requirements, which upstream leaves unpinned (the
+# file's header says how they were resolved). Copied alone so that editing loraq keeps the layers
+# below cached.
+COPY infra/deploy/diffusion-pipe-constraints.txt /opt/diffusion-pipe-constraints.txt
+
 # torch first, from the CUDA index; everything after this is installed against a constraints
 # file that pins the torch family to exactly what is in the venv now, so no later requirement
-# (diffusion-pipe's, flash-attn's, loraq's own "torch>=2.5") can swap in a CPU or other CUDA build.
+# (diffusion-pipe's, ComfyUI's, flash-attn's, loraq's own "torch>=2.5") can swap in a CPU or
+# other CUDA build. The torch install itself takes no -c: the CUDA index does not carry every
+# version the constraints pin, and the installs below move torch's helpers to the pins anyway.
 RUN --mount=type=cache,target=/root/.cache/pip \
     set -eux; \
-    pip install --upgrade pip setuptools wheel packaging; \
+    pip install --upgrade pip setuptools; \
+    pip install -c /opt/diffusion-pipe-constraints.txt wheel packaging; \
     pip install --index-url "${TORCH_INDEX_URL}" \
-        "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"; \
-    pip list --format=freeze | grep -iE '^(torch|torchvision|triton)==' > /opt/torch-constraints.txt; \
+        "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
+        "torchaudio==${TORCHAUDIO_VERSION}"; \
+    pip list --format=freeze | grep -iE '^(torch|torchvision|torchaudio|triton)==' \
+        > /opt/torch-constraints.txt; \
     cat /opt/torch-constraints.txt
 
 # diffusion-pipe at the pinned commit, with its submodules at the commits that commit records
@@ -75,51 +96,82 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # the tree's size (ComfyUI's history alone is hundreds of MB).
 RUN set -eux; \
     git clone --recurse-submodules "${DIFFUSION_PIPE_REPO}" /opt/diffusion-pipe; \
-    cd /opt/diffusion-pipe; \
-    git checkout --detach "${DIFFUSION_PIPE_COMMIT}"; \
-    git submodule update --init --recursive; \
-    test "$(git rev-parse HEAD)" = "${DIFFUSION_PIPE_COMMIT}"; \
-    git submodule status --recursive; \
+    git -C /opt/diffusion-pipe checkout --detach "${DIFFUSION_PIPE_COMMIT}"; \
+    git -C /opt/diffusion-pipe submodule update --init --recursive; \
+    test "$(git -C /opt/diffusion-pipe rev-parse HEAD)" = "${DIFFUSION_PIPE_COMMIT}"; \
+    git -C /opt/diffusion-pipe submodule status --recursive; \
     find /opt/diffusion-pipe -name .git -prune -exec rm -rf {} +
 
-# diffusion-pipe's requirements. DeepSpeed ships only as an sdist: build it first, at the version
-# requirements.txt pins, without build isolation so its setup.py sees the CUDA torch (otherwise
-# it records torch "0.0" and skips nvidia-ml-py). DS_ACCELERATOR=cuda because the build machine
-# has no GPU and DeepSpeed would otherwise pick its CPU accelerator; DS_BUILD_OPS=0 leaves ops to
-# JIT compilation at run time (most are never used: diffusion-pipe brings its own optimizers).
+# The checkout is where upstream's code expects to run from: the import check below imports its
+# modules from here, as train.py does.
+WORKDIR /opt/diffusion-pipe
+
+# diffusion-pipe's requirements, and ComfyUI's: models/base.py puts submodules/ComfyUI on sys.path
+# and imports comfy.* at top level, and those modules import what diffusion-pipe's requirements.txt
+# does not list (psutil, pyyaml, tokenizers, ...). ComfyUI's file is taken down to its "#non
+# essential dependencies:" line, less its comfyui-* packages (the web UI's frontend, templates and
+# docs, which only ComfyUI's server imports). DeepSpeed ships only as an sdist: build it first, at
+# the version requirements.txt pins (the constraints file carries the same pin), without build
+# isolation so its setup.py sees the CUDA torch (otherwise it records torch "0.0" and skips
+# nvidia-ml-py). DS_ACCELERATOR=cuda because the build machine has no GPU and DeepSpeed would
+# otherwise pick its CPU accelerator; DS_BUILD_OPS=0 leaves ops to JIT compilation at run time
+# (most are never used: diffusion-pipe brings its own optimizers).
 RUN --mount=type=cache,target=/root/.cache/pip \
     set -eux; \
-    cd /opt/diffusion-pipe; \
-    ds_req="$(grep -iE '^deepspeed([<>=!~ ;[]|$)' requirements.txt | head -n1)"; \
     DS_ACCELERATOR=cuda DS_BUILD_OPS=0 \
-        pip install --no-build-isolation -c /opt/torch-constraints.txt "${ds_req:-deepspeed}"; \
-    pip install -c /opt/torch-constraints.txt -r requirements.txt
+        pip install --no-build-isolation \
+        -c /opt/torch-constraints.txt -c /opt/diffusion-pipe-constraints.txt deepspeed; \
+    sed -n '1,/^#non essential/p' submodules/ComfyUI/requirements.txt \
+        | grep -vE '^(#|comfyui-)' > /opt/comfyui-requirements.txt; \
+    pip install -c /opt/torch-constraints.txt -c /opt/diffusion-pipe-constraints.txt \
+        -r requirements.txt -r /opt/comfyui-requirements.txt
 
-# flash-attn, optional: only a prebuilt wheel for this torch/CUDA/Python is tried, straight from
-# the project's release assets. Its setup.py would fall back to a source build (an hour and tens
-# of GB of RAM with nvcc present), which is not worth it for an optional speed-up; no wheel for
-# this combination (or no x86_64) just means "skipped" and those models use PyTorch SDPA.
+# flash-attn, required (see FLASH_ATTN_VERSION): only a prebuilt wheel for this torch/CUDA/Python
+# is tried, straight from the project's release assets. Its setup.py would fall back to a source
+# build (an hour and tens of GB of RAM with nvcc present), so there is no fallback at all: with no
+# wheel for this combination the build stops here, rather than ship an image whose Wan jobs fail
+# at their first step. Bump FLASH_ATTN_VERSION together with TORCH_VERSION.
 RUN --mount=type=cache,target=/root/.cache/pip \
     set -eux; \
     torch_mm="$(echo "${TORCH_VERSION}" | cut -d. -f1,2)"; \
     wheel="flash_attn-${FLASH_ATTN_VERSION}+cu12torch${torch_mm}cxx11abiTRUE-cp312-cp312-linux_x86_64.whl"; \
-    pip install -c /opt/torch-constraints.txt \
-        "https://github.com/Dao-AILab/flash-attention/releases/download/v${FLASH_ATTN_VERSION}/${wheel}" \
-        || echo "flash-attn ${FLASH_ATTN_VERSION} skipped (no prebuilt wheel for torch ${torch_mm})"
+    pip install -c /opt/torch-constraints.txt -c /opt/diffusion-pipe-constraints.txt \
+        "https://github.com/Dao-AILab/flash-attention/releases/download/v${FLASH_ATTN_VERSION}/${wheel}"
+
+# Import check: every module loraq's model types load (and what train.py imports) imports here, so
+# a package missing from the image fails the build instead of the first job. Import only: nothing
+# touches a GPU, and the build machine has none. ComfyUI's model_management asks CUDA for the
+# current device at import unless its --cpu flag is set; its args are a plain namespace built when
+# comfy.cli_args is imported, so the check sets cpu there first (same modules imported, only the
+# device it would pick differs). `utils` is imported before ComfyUI goes on sys.path, as train.py
+# does: diffusion-pipe's utils/ has no __init__.py, ComfyUI's has, and a regular package found
+# anywhere on sys.path wins over a namespace one. flash_attn is imported by name because
+# models/wan/attention.py swallows its ImportError.
+RUN DS_ACCELERATOR=cuda python -c "import sys, utils; \
+sys.path.append('/opt/diffusion-pipe/submodules/ComfyUI'); \
+import comfy.cli_args; comfy.cli_args.args.cpu = True; \
+import torchaudio, flash_attn, wandb, toml, deepspeed, multiprocess, torch.utils.tensorboard; \
+import utils.dataset, utils.common, utils.saver, utils.isolate_rng, utils.patches; \
+import utils.unsloth_utils, utils.pipeline; \
+import models.flux, models.sdxl, models.wan.wan, models.qwen_image, models.z_image; \
+print('diffusion-pipe model modules import')"
 
 # loraq last: its code changes most often, so the layers above stay cached. Installed as a normal
 # (non-editable) package; the constraints keep the venv's torch even though pyproject says only
-# "torch>=2.5" (the CPU build used by tests satisfies that range too). `pip check` reports but does
-# not fail the build: diffusion-pipe's unpinned requirements sometimes carry harmless conflicts.
+# "torch>=2.5" (the CPU build used by tests satisfies that range too), and keep upstream's pins
+# under loraq's wider ranges. `pip check` fails the build on any conflict: every upstream
+# requirement is pinned, so a conflict is a real one.
 COPY . /src
 RUN --mount=type=cache,target=/root/.cache/pip \
     set -eux; \
-    pip install -c /opt/torch-constraints.txt /src; \
-    pip check || echo "pip check reported conflicts (see above)"; \
-    python -c "import torch, deepspeed, loraq; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+    pip install -c /opt/torch-constraints.txt -c /opt/diffusion-pipe-constraints.txt /src; \
+    pip check; \
+    python -c "import torch, torchaudio, deepspeed, flash_attn, loraq; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # ---------------------------------------------------------------------------------------------
 FROM ${CUDA_IMAGE} AS runtime
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 ARG DIFFUSION_PIPE_COMMIT
 
