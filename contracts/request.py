@@ -1,14 +1,16 @@
 """The job request: the seed's body ``{"input": {...}}``, field for field, defaults included.
 
-Unknown keys under ``training`` pass through to diffusion-pipe's TOML; unknown keys anywhere
-else are rejected, so a typo (``epoch`` for ``epochs`` is fine, ``outptu`` is not) is caught up
-front instead of silently ignored. Secrets are ``SecretStr``: they never serialise.
+Undeclared keys under ``training`` pass through to diffusion-pipe's TOML when the model's
+trainer reads them (``contracts/upstream_keys.py``); unknown keys anywhere are rejected, so a
+typo (``outptu``, ``learning_rte``) is caught up front instead of silently ignored. Secrets
+are ``SecretStr``: they never serialise.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
@@ -32,6 +34,15 @@ from contracts.pass_through import (
     string_problem,
     take_secrets,
 )
+from contracts.upstream_keys import (
+    NAMED_TABLES,
+    fact,
+    flat_tables,
+    optimizer_kwargs,
+    reader,
+    reads,
+    unread_reason,
+)
 
 # A job id names a directory on the shared volume and an HF repo suffix: keep it path-safe.
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -54,7 +65,9 @@ _REFUSED_TRAINING_KEYS: dict[str, str] = {
 }
 # Pass-through keys that name a whole diffusion-pipe table: they must be objects, and may not
 # override what loraq derives from the documented fields (the model type, the LoRA rank, paths).
-TOML_TABLES = frozenset({"model", "adapter", "optimizer", "monitoring", "evaluation"})
+# diffusion-pipe reads no [evaluation] table: its eval_* keys are top-level, and do nothing
+# without eval_datasets, which name paths (contracts/data/upstream_keys.json).
+TOML_TABLES = NAMED_TABLES
 _REFUSED_TABLE_KEYS: dict[str, dict[str, str]] = {
     "model": {
         "type": "set by model_type",
@@ -70,8 +83,20 @@ _REFUSED_TABLE_KEYS: dict[str, dict[str, str]] = {
         "alpha": "diffusion-pipe forces alpha = rank; remove 'alpha'",
         "dtype": "use training.lora_dtype",
     },
-    "optimizer": {"lr": "use training.learning_rate", "type": "use training.optimizer_type"},
+    # One way to set each: the declared fields carry bounds (a weight decay of 1e999 trained a
+    # LoRA of infinities) that a raw [optimizer] value would bypass.
+    "optimizer": {
+        "lr": "use training.learning_rate",
+        "type": "use training.optimizer_type",
+        "betas": "use training.optimizer_betas",
+        "weight_decay": "use training.optimizer_weight_decay",
+        "eps": "use training.optimizer_eps",
+    },
+    # Only a flat key reaches dataset.toml; each [[directory]] loraq writes carries its own
+    # num_repeats, which wins over the top-level one (utils/dataset.py:735 at 8f83dbf).
+    "dataset": {"num_repeats": "use dataset.image_repeats and dataset.video_repeats"},
 }
+_REFUSED_NAMES = frozenset(f"{t}.{k}" for t, keys in _REFUSED_TABLE_KEYS.items() for k in keys)
 
 
 class _Strict(BaseModel):
@@ -167,11 +192,14 @@ class TrainingSpec(BaseModel):
     # destroys the LoRA (1e999 trained a LoRA of 34,560 infinities before this bound).
     optimizer_weight_decay: Finite = Field(default=0.01, ge=0, le=1.0)
     optimizer_eps: Finite = Field(default=1e-8, gt=0, le=1.0)
-    video_clip_mode: Literal["single_beginning", "single_middle", "multiple"] = "single_middle"
+    # None: the model's own default (stages/registry.py): single_beginning for Wan i2v, whose
+    # first frame is the conditioning image (diffusion-pipe docs/supported_models.md line 196).
+    video_clip_mode: Literal["single_beginning", "single_middle", "multiple"] | None = None
     frame_buckets: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
         default_factory=lambda: [1, 33], min_length=1, max_length=32
     )
-    resolution: int = Field(default=1024, ge=16, le=4096)
+    # None: the model's default (1024 for image models, 512 for Wan: the i2v model is 480P).
+    resolution: int | None = Field(default=None, ge=16, le=4096)
     activation_checkpointing: bool = True
     caching_batch_size: int = Field(default=1, ge=1, le=1024)
     trainer_secrets: dict[str, SecretStr] = Field(default_factory=dict, exclude=True, repr=False)
@@ -204,6 +232,10 @@ class TrainingSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+# What a misspelt flat key may have meant: loraq's own fields as well as diffusion-pipe's keys.
+_DECLARED = tuple(name for name in TrainingSpec.model_fields if name != _TRAINER_SECRETS_FIELD)
+
+
 def _refused(where: tuple[str, ...], reason: str) -> InitErrorDetails:
     """A refusal located at its key, so ``job.failed`` names ``input.training.<key...>``."""
     return InitErrorDetails(
@@ -233,6 +265,51 @@ def _table_errors(name: str, value: Any) -> list[InitErrorDetails]:
         for key, reason in _REFUSED_TABLE_KEYS.get(name, {}).items()
         if key in value
     ]
+
+
+def _unread_keys(
+    model_type: ModelType, training: TrainingSpec
+) -> Iterator[tuple[tuple[str, ...], str]]:
+    """Each pass-through key no table of the model reads, or that lands where loraq refuses it."""
+    optimizer = training.optimizer_type
+    for key, value in training.extra_keys.items():
+        if key in TOML_TABLES and isinstance(value, dict):
+            yield from _unread_in_table(model_type, optimizer, key, value)
+            continue
+        tables = flat_tables(reader(model_type), optimizer, key)
+        if len(tables) > 1:
+            inside = " or ".join(f"training.{t}.{key}" for t in tables if t in TOML_TABLES)
+            yield (key,), f"read in more than one table: send it inside one ({inside})"
+        elif owned := [keys[key] for keys in _REFUSED_TABLE_KEYS.values() if key in keys]:
+            yield (key,), owned[0]  # loraq's own key, whichever table the trainer reads it in
+        elif not tables:
+            yield (
+                (key,),
+                unread_reason(
+                    model_type, optimizer, (key,), candidates=_DECLARED, refused=_REFUSED_NAMES
+                ),
+            )
+        elif (found := fact(tables[0], key)) is not None and found.path:
+            yield (key,), PATHS_OWNED
+
+
+def _unread_in_table(
+    model_type: ModelType, optimizer: str, table: str, value: dict[str, Any]
+) -> Iterator[tuple[tuple[str, ...], str]]:
+    who = reader(model_type)
+    if table == "optimizer" and optimizer_kwargs(who, optimizer) is None:
+        return  # an optimizer the facts cannot list: its arguments are checked by its class
+    for key in value:
+        found = fact(table, key)
+        if key in _REFUSED_TABLE_KEYS.get(table, {}):
+            continue  # refused by TrainingSpec already, with its own reason
+        if found is not None and found.path:
+            yield (table, key), PATHS_OWNED
+        elif not reads(who, optimizer, table, key):
+            yield (
+                (table, key),
+                unread_reason(model_type, optimizer, (table, key), refused=_REFUSED_NAMES),
+            )
 
 
 # Secrets are bounded too: a 1 MiB "token" is a mistake or an attack, never a credential.
@@ -290,6 +367,21 @@ class JobInput(_Strict):
     api_keys: ApiKeys = Field(default_factory=ApiKeys)
     output: OutputSpec = Field(default_factory=OutputSpec)
     job_id: JobId | None = None
+
+    @model_validator(mode="after")
+    def _pass_through_keys_are_read(self) -> JobInput:
+        """A pass-through key the model's trainer does not read is refused on its own field.
+
+        Checked here, not in ``TrainingSpec``: which keys a table reads depends on
+        ``model_type`` (z_image reads ``diffusion_model_dtype``, not ``transformer_dtype``).
+        """
+        errors = [
+            _refused(("training", *where), reason)
+            for where, reason in _unread_keys(self.model_type, self.training)
+        ]
+        if errors:
+            raise ValidationError.from_exception_data("JobInput", errors)
+        return self
 
     def huggingface_token(self) -> SecretStr | None:
         """The token for the Hub: the output's own, else the general one."""

@@ -1,11 +1,12 @@
 """Configure: write diffusion-pipe's ``train.toml`` and ``dataset.toml`` for this job.
 
-The request's documented fields map onto diffusion-pipe's keys; unknown ``training`` keys pass
-through, to the table where diffusion-pipe reads them (``[model]``, ``[adapter]``,
-``[optimizer]``, the dataset file) or else the top level. ``build_configs`` is pure so that
-``loraq config`` and the golden tests produce exactly what a job would run with; the run's
-total step count (the progress bar's denominator) comes from ``stages/step_count.py``, fed with
-header measurements of the downloaded media.
+The request's documented fields map onto diffusion-pipe's keys; the other ``training`` keys
+pass through, to the table where the trainer reads them (``[model]``, ``[adapter]``,
+``[optimizer]``, the dataset file, the top level), as ``contracts/data/upstream_keys.json``
+records. ``build_configs`` is pure so that ``loraq config`` and the golden tests produce
+exactly what a job would run with; the run's total step count (the progress bar's
+denominator) comes from ``stages/step_count.py``, fed with header measurements of the
+downloaded media.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from contracts.enums import ErrorCode, StageName
 from contracts.pass_through import TRAINER_SECRETS
 from contracts.request import TOML_TABLES, JobInput
 from contracts.toml_values import UnfaithfulToml, dumps
+from contracts.upstream_keys import flat_tables, reader_of
 from infra.volume import JobPaths, atomic_write_text
 from stages.context import StageContext, StageOutcome
 from stages.dataset_scan import measure_directory
@@ -29,57 +31,6 @@ from stages.step_count import MediaFile, Trainer, predict_total_steps, unmeasure
 NAME = StageName.CONFIGURE
 TRAIN_TOML = "train.toml"
 DATASET_TOML = "dataset.toml"
-
-# Where diffusion-pipe reads a pass-through key, when it is not a top-level one: the
-# ``config['model']`` keys of the seven supported models (models/flux.py, sdxl.py, wan/wan.py,
-# qwen_image.py, z_image.py, base.py, utils/common.py), the ``[adapter]`` and ``[optimizer]``
-# keys train.py reads, and the dataset keys utils/dataset.py reads at the top of dataset.toml.
-# Paths are not among them: loraq owns every path (contracts/request.py refuses ``*_path``).
-_MODEL_KEYS = frozenset(
-    {
-        "transformer_dtype",
-        "diffusion_model_dtype",
-        "timestep_sample_method",
-        "sigmoid_scale",
-        "guidance",
-        "flux_shift",
-        "shift",
-        "bypass_guidance_embedding",
-        "v_pred",
-        "min_snr_gamma",
-        "debiased_estimation_loss",
-        "unet_lr",
-        "text_encoder_1_lr",
-        "text_encoder_2_lr",
-        "min_t",
-        "max_t",
-        "cache_text_embeddings",
-        "text_encoder_fp8",
-    }
-)
-# init_from_existing is not here: it names a path, and contracts/pass_through.py refuses it.
-_ADAPTER_KEYS = frozenset({"dropout", "exclude_modules"})
-_OPTIMIZER_KEYS = frozenset(
-    {"gradient_release", "momentum", "d_coef", "stochastic_rounding", "beta2_half_life"}
-)
-_DATASET_KEYS = frozenset(
-    {
-        "enable_ar_bucket",
-        "min_ar",
-        "max_ar",
-        "num_ar_buckets",
-        "ar_buckets",
-        "size_buckets",
-        "resolutions",
-        "frame_buckets",
-        "shuffle_tags",
-        "cache_shuffle_num",
-        "cache_shuffle_delimiter",
-        "caption_prefix",
-        "skip_empty_caption",
-        "subsample_ratio",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -120,7 +71,7 @@ def build_configs(
         "save_dtype": t.save_dtype,
         "caching_batch_size": t.caching_batch_size,
         "steps_per_print": 1,
-        "video_clip_mode": t.video_clip_mode,
+        "video_clip_mode": t.video_clip_mode or spec.default_video_clip_mode,
         "model": spec.model_table_for(models_dir),
         "adapter": {"type": "lora", "rank": t.lora_rank, "dtype": t.lora_dtype},
         "optimizer": {
@@ -146,7 +97,7 @@ def build_configs(
 
 
 def _dataset_table(request: JobInput, spec: ModelSpec, paths: JobPaths) -> dict[str, Any]:
-    resolution = min(request.training.resolution, spec.max_resolution)
+    resolution = min(request.training.resolution or spec.default_resolution, spec.max_resolution)
     frame_buckets = request.training.frame_buckets if spec.videos else [1]
     directories = []
     if request.dataset.images_url:
@@ -169,19 +120,27 @@ def _dataset_table(request: JobInput, spec: ModelSpec, paths: JobPaths) -> dict[
 
 
 def _route_extras(extras: dict[str, Any], train: dict[str, Any], dataset: dict[str, Any]) -> None:
+    """Each pass-through key into the table its trainer reads it from
+    (``contracts/data/upstream_keys.json``, the facts the request was checked against).
+
+    A named table (``training.model``) is merged whole. A flat key goes to the one table that
+    reads it for this ``[model] type`` and ``[optimizer] type``; the request's check refused
+    every flat key read by none or by two, so the top level is only a fallback.
+    """
+    who = reader_of(str(train["model"]["type"]))
+    optimizer = str(train["optimizer"]["type"])
     for key, value in extras.items():
         if key in TOML_TABLES and isinstance(value, dict):
             train.setdefault(key, {}).update(value)
-        elif key in _MODEL_KEYS:
-            train["model"][key] = value
-        elif key in _ADAPTER_KEYS:
-            train["adapter"][key] = value
-        elif key in _OPTIMIZER_KEYS:
-            train["optimizer"][key] = value
-        elif key in _DATASET_KEYS:
+            continue
+        tables = flat_tables(who, optimizer, key)
+        table = tables[0] if len(tables) == 1 else "train"
+        if table == "train":
+            train[key] = value
+        elif table == "dataset":
             dataset[key] = value
         else:
-            train[key] = value
+            train.setdefault(table, {})[key] = value
 
 
 def _secret_placeholders(secrets: Mapping[str, object], train: dict[str, Any]) -> None:

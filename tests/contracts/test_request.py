@@ -70,7 +70,8 @@ def test_documented_defaults_apply() -> None:
         0.01,
         1e-8,
     )
-    assert (t.video_clip_mode, t.frame_buckets, t.resolution) == ("single_middle", [1, 33], 1024)
+    # None: the model's default, filled in by the registry (tests/models/test_configs_golden.py).
+    assert (t.video_clip_mode, t.frame_buckets, t.resolution) == (None, [1, 33], None)
     assert (t.activation_checkpointing, t.caching_batch_size) == (True, 1)
     d = JobRequest.model_validate(_minimal()).input.dataset
     assert (d.image_repeats, d.video_repeats) == (1, 5)
@@ -125,11 +126,11 @@ def test_alpha_is_refused_with_the_reason() -> None:
 
 
 def test_unknown_training_keys_pass_through() -> None:
-    """GIVEN unknown training keys WHEN parsed THEN they are kept for the TOML."""
+    """GIVEN undeclared keys SDXL reads WHEN parsed THEN they are kept for the TOML."""
     t = JobRequest.model_validate(
-        _minimal(training={"min_snr_gamma": 5, "model": {"flux_shift": True}})
+        _minimal(model_type="sdxl", training={"min_snr_gamma": 5, "model": {"v_pred": True}})
     ).input.training
-    assert t.extra_keys == {"min_snr_gamma": 5, "model": {"flux_shift": True}}
+    assert t.extra_keys == {"min_snr_gamma": 5, "model": {"v_pred": True}}
 
 
 @pytest.mark.parametrize("path", SEED_BODIES, ids=lambda p: p.stem)

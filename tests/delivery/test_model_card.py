@@ -24,7 +24,7 @@ def _card(model_type: ModelType, trigger: str | None = "zkw") -> CardInput:
                     "videos_url": "https://x.test/v.zip",
                     "trigger_word": trigger,
                 },
-                "training": {"epochs": 20, "model": {"guidance": 3.5}},
+                "training": {"epochs": 20, "model": {"dtype": "bfloat16"}},
             }
         }
     ).input

@@ -285,15 +285,20 @@ def test_golden_train_and_dataset_toml(model_type: str, dataset: str, tmp_path: 
     expected, and diffusion-pipe reads every key loraq writes where it writes it."""
     train, data = _configs(_job(model_type, dataset))
 
+    # Wan i2v's first frame is the conditioning image: upstream's single_beginning (issue 11).
+    clip_mode = "single_beginning" if model_type == "wan14b_i2v" else "single_middle"
     assert train == {
         **EXPECTED_TOP_LEVEL,
+        "video_clip_mode": clip_mode,
         "model": EXPECTED_MODEL[model_type],
         "adapter": EXPECTED_ADAPTER,
         "optimizer": EXPECTED_OPTIMIZER,
     }
     frame_buckets = [1, 33] if model_type in VIDEO_MODELS else [1]
+    # Wan trains at upstream's 512 by default (the i2v model is 480P); images at 1024.
+    resolution = 512 if model_type in VIDEO_MODELS else 1024
     assert data == {
-        "resolutions": [1024],
+        "resolutions": [resolution],
         "enable_ar_bucket": True,
         "min_ar": 0.5,
         "max_ar": 2.0,

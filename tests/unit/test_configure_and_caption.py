@@ -13,11 +13,11 @@ from stages.caption import normalise_caption, with_trigger
 from stages.configure import build_configs, write_configs
 
 
-def _request(**training: object) -> JobRequest:
+def _request(model_type: str = "tiny", **training: object) -> JobRequest:
     return JobRequest.model_validate(
         {
             "input": {
-                "model_type": "tiny",
+                "model_type": model_type,
                 "dataset": {
                     "type": "precaptioned",
                     "images_url": "https://x/y.zip",
@@ -63,21 +63,25 @@ def test_train_toml_maps_every_documented_field(tmp_path: Path) -> None:
 
 
 def test_pass_through_keys_land_where_diffusion_pipe_reads_them(tmp_path: Path) -> None:
-    """GIVEN unknown training keys WHEN configured THEN each lands in its table."""
+    """GIVEN flat keys Flux reads in five tables WHEN configured THEN each lands in its table
+    (contracts/data/upstream_keys.json), and a named table merges whole."""
     request = _request(
-        min_snr_gamma=5,
+        "flux",
+        shift=3.0,
+        dropout=0.05,
         gradient_release=True,
         num_ar_buckets=9,
-        eval_every_n_epochs=2,
+        blocks_to_swap=4,
         max_steps=5,
         model={"guidance": 3.5},
     )
     configs = build_configs(request.input, JobPaths(tmp_path), tmp_path, {"images": 10})
-    assert configs.train["model"]["min_snr_gamma"] == 5
+    assert configs.train["model"]["shift"] == 3.0
     assert configs.train["model"]["guidance"] == 3.5
+    assert configs.train["adapter"]["dropout"] == 0.05
     assert configs.train["optimizer"]["gradient_release"] is True
     assert configs.dataset["num_ar_buckets"] == 9
-    assert configs.train["eval_every_n_epochs"] == 2
+    assert configs.train["blocks_to_swap"] == 4
     assert configs.total_steps == 5  # max_steps caps the total
 
 
