@@ -83,6 +83,9 @@ class ErrorCode(StrEnum):
     TRAINING_FAILED = "training_failed"
     # The loss went non-finite, or the saved LoRA holds NaN/inf: the settings must change.
     TRAINING_DIVERGED = "training_diverged"
+    # The GPU cannot hold the job at its settings (refused up front, or CUDA ran out): the same
+    # settings fail again on the same GPU, so the job fails once, naming what to lower.
+    OUT_OF_MEMORY = "out_of_memory"
     PUBLISH_FAILED = "publish_failed"
     INTERNAL_ERROR = "internal_error"
     # The job's runs ended with their worker's death (killed, out of memory) too many times.

@@ -247,7 +247,7 @@ async def _download(
     connector = aiohttp.TCPConnector(resolver=AllowedResolver(allow, resolver))
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         if point is not None:
-            reply = await _get(session, url, allow, _range_headers(point), pace)
+            reply = await get_checked(session, url, allow, _range_headers(point), pace)
             async with reply:
                 if reply.status == 206:
                     problem = _range_problem(reply, point)
@@ -261,14 +261,14 @@ async def _download(
                     return await _fresh(reply, partial, url, max_bytes, pace)
                 else:
                     log.info("download_restarting", reason=f"server answered {reply.status}")
-        reply = await _get(session, url, allow, {}, pace)
+        reply = await get_checked(session, url, allow, {}, pace)
         async with reply:
             if reply.status != 200:
                 raise DownloadFailed(f"server answered {reply.status} to a plain GET")
             return await _fresh(reply, partial, url, max_bytes, pace)
 
 
-async def _get(
+async def get_checked(
     session: aiohttp.ClientSession,
     url: str,
     allow: list[str],

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx2
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -33,6 +32,8 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils._paths import filter_repo_objects
 from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
 from pydantic import SecretStr
+
+from infra.hub_http import HTTPError
 
 # Where huggingface_hub keeps its own bookkeeping inside a ``local_dir`` download.
 LOCAL_DIR_METADATA = ".cache/huggingface"
@@ -146,6 +147,62 @@ class HubClient:
         except Exception as exc:
             raise translate_error(exc, snapshot.repo_id) from exc
 
+    def download_to_cache(
+        self,
+        repo_id: str,
+        revision: str,
+        cache_dir: Path,
+        allow_patterns: tuple[str, ...],
+        token: SecretStr | None,
+        should_stop: Callable[[], bool],
+    ) -> Path:
+        """Fetch the matching files into the Hugging Face cache at ``cache_dir``: its snapshot.
+
+        For a loader that asks huggingface_hub for a repo id rather than opening a path
+        (diffusers' single-file loading), so the files must be where huggingface_hub looks for
+        them offline: ``refs/<revision>``, ``snapshots/<commit>/`` and the commit's file listing,
+        all written by huggingface_hub itself. ``revision`` stays the branch the loader names:
+        a download pinned to a commit writes no ``refs/`` entry, and the loader would not find
+        it. One call resolves, lists and fetches one commit, so a push mid-download is harmless.
+        """
+        try:
+            folder = snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=cache_dir,
+                allow_patterns=list(allow_patterns),
+                token=_token(token),
+                endpoint=self._endpoint,
+                max_workers=self._max_workers,
+                tqdm_class=_stoppable_progress(should_stop),
+            )
+        except Exception as exc:
+            raise translate_error(exc, repo_id) from exc
+        return Path(folder)
+
+
+def cached_snapshot(
+    repo_id: str, revision: str, cache_dir: Path, allow_patterns: tuple[str, ...]
+) -> Path | None:
+    """The snapshot folder a loader running with ``HF_HUB_OFFLINE=1`` gets, or None.
+
+    huggingface_hub's own offline look-up, reading only the disk: the branch's ``refs/`` entry,
+    its snapshot folder and, where the commit's listing is cached, every listed file that
+    matches ``allow_patterns`` (a snapshot cut short by a crash is refused, not half-used).
+    """
+    try:
+        folder = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=list(allow_patterns),
+            local_files_only=True,
+            token=False,
+        )
+    except LocalEntryNotFoundError:  # IncompleteSnapshotError is one too
+        return None
+    return Path(folder)
+
 
 def _stoppable_progress(should_stop: Callable[[], bool]) -> type[hf_tqdm]:
     """A silent progress bar that aborts the download when asked to.
@@ -181,7 +238,7 @@ def translate_error(exc: BaseException, repo_id: str) -> HubError:
         return HubNotFound(f"{repo_id} was not found (or is private): {_one_line(exc)}")
     if isinstance(exc, HfHubHTTPError):
         return _from_status(exc, repo_id)
-    if isinstance(exc, LocalEntryNotFoundError | OfflineModeIsEnabled | httpx2.HTTPError | OSError):
+    if isinstance(exc, LocalEntryNotFoundError | OfflineModeIsEnabled | HTTPError | OSError):
         return HubUnavailable(f"{repo_id}: {type(exc).__name__}: {_one_line(exc)}")
     return HubError(f"{repo_id}: {type(exc).__name__}: {_one_line(exc)}")
 

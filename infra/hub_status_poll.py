@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx2
 from huggingface_hub import get_hf_file_metadata, get_session, hf_hub_url, hf_raise_for_status
 from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
 from huggingface_hub.utils._headers import build_hf_headers
@@ -24,6 +23,7 @@ from pydantic import SecretStr, ValidationError
 
 from contracts.status import JobStatusView
 from infra.hub import HubError, HubUnavailable, translate_error
+from infra.hub_http import Response
 from infra.updates_files import STATUS_FILE
 
 # Seconds to wait for the Hub's answer to one request (huggingface_hub's own metadata timeout).
@@ -103,6 +103,6 @@ def retry_after_s(exc: BaseException) -> float | None:
     return float(value) if value.strip().isdigit() else None
 
 
-def _etag(reply: httpx2.Response) -> str | None:
+def _etag(reply: Response) -> str | None:
     value = reply.headers.get("X-Linked-Etag") or reply.headers.get("ETag")
     return value.removeprefix("W/").strip('"') if value else None

@@ -81,7 +81,14 @@ class Settings(BaseSettings):
     diffusion_pipe_dir: Path = Path("/opt/diffusion-pipe")
     deepspeed_bin: str = "deepspeed"
     num_gpus: int = Field(default=1, ge=1)
+    # NCCL_P2P_DISABLE/NCCL_IB_DISABLE for the trainer. None: only on RTX 4000-series cards,
+    # which need them (diffusion-pipe README, "Training"); they slow NVLink hosts.
+    nccl_disable_p2p: bool | None = None
     torch_extensions_dir: Path = Field(default_factory=_default_extensions_dir)
+    # One GPU's memory, held against a job's estimated need before launch
+    # (stages/model_budget.py). None: asked of the driver (nvidia-smi), so unknown on a host
+    # without one, and then nothing is refused; 0: never refuse.
+    gpu_memory_gib: float | None = Field(default=None, ge=0)
 
     max_download_bytes: int = Field(default=20 * 1024**3, gt=0)
     # Hosts or CIDRs a dataset URL may resolve to even though they are private (the local

@@ -10,6 +10,13 @@ A model type's folder is ready, in this order of checks:
    resumes with a Range request; files finished before a crash are kept), then every file is
    checked against the Hub's listing and the loader's list before the marker is written.
 
+A loader that asks huggingface_hub for a repo id while it loads (diffusers' ``from_single_file``
+for SDXL takes the pipeline's configs and tokenizers that way) is served from the Hugging Face
+cache on the volume, ``models/hf-cache``: provisioning fills it with the loader's own patterns,
+and a folder counts as ready only when huggingface_hub's offline look-up finds every file there.
+The trainer runs with ``HF_HUB_OFFLINE=1`` and that cache, so a provisioned volume trains with no
+network, and a worker never depends on the Hub being up in the middle of a job.
+
 ``tiny`` is built in (its base weights come from a fixed seed): nothing to fetch.
 """
 
@@ -35,17 +42,21 @@ from infra.hub import (
     HubNotFound,
     HubUnavailable,
     RemoteFile,
+    cached_snapshot,
 )
 from infra.redact import Redactor
+from infra.volume import MODELS_DIR
 from stages import weights, weights_lock
 from stages.context import StageContext, StageOutcome
 from stages.errors import Interrupted, Permanent, Retryable, StageFailure
-from stages.registry import HubSource, ModelSpec, spec_for
+from stages.registry import CachedRepo, HubSource, ModelSpec, spec_for
 
 NAME = StageName.PROVISION
 TOKEN_FIELD = "input.api_keys.huggingface_token"  # noqa: S105 (a field name, not a secret)
 # Headroom beyond the bytes to download: huggingface_hub writes each file beside its target.
 _FREE_SPACE_MARGIN = 1 << 30
+# The Hugging Face cache every model type shares, beside their folders in models/.
+HUB_CACHE = "hf-cache"
 
 log = structlog.get_logger("loraq.provision")
 
@@ -63,6 +74,11 @@ class _Unusable(Exception):
     """The folder's contents are wrong in a way another download cannot fix."""
 
 
+def hub_cache_dir(volume: Path) -> Path:
+    """Where provisioning puts the files loaders fetch by repo id, and the trainer reads them."""
+    return volume / MODELS_DIR / HUB_CACHE
+
+
 async def run(ctx: StageContext) -> StageOutcome:
     spec = spec_for(ctx.request.model_type)
     if spec.builtin:
@@ -74,6 +90,7 @@ async def run(ctx: StageContext) -> StageOutcome:
         ctx.request.huggingface_token(),
         should_stop=ctx.stop_requested.is_set,
         retry_wait_s=ctx.settings.transient_retry_wait_s,
+        hub_cache=hub_cache_dir(ctx.store.volume),
     )
     return StageOutcome(
         {
@@ -94,12 +111,15 @@ async def provision_model(
     retry_wait_s: float = 1.0,
     poll_s: float = 1.0,
     on_wait: Callable[[], None] | None = None,
+    hub_cache: Path | None = None,
 ) -> Provisioned:
     """Make ``models_dir`` ready for ``spec``; raise ``Permanent``/``Retryable``/``Interrupted``.
 
     ``on_wait`` is told when another worker is downloading the same weights (default: a log
-    line), since waiting for a 30 GB download looks like a hang otherwise.
+    line), since waiting for a 30 GB download looks like a hang otherwise. ``hub_cache``
+    defaults to the volume's (``models_dir`` is ``<volume>/models/<type>``).
     """
+    hub_cache = models_dir.parent / HUB_CACHE if hub_cache is None else hub_cache
     redact = Redactor([token.get_secret_value()] if token is not None else [])
     lock = weights_lock.lock_path(models_dir)
     if on_wait is None:
@@ -111,16 +131,16 @@ async def provision_model(
 
     try:
         # Stats and safetensors headers: cheap, but off the loop on a network file system.
-        if (ready := await asyncio.to_thread(_ready, spec, models_dir)) is not None:
+        if (ready := await asyncio.to_thread(_ready, spec, models_dir, hub_cache)) is not None:
             return ready
         if spec.gated and token is None:
             raise HubAccessDenied("no token was given", gated=True)
         async with weights_lock.hold(lock, should_stop, poll_s, on_wait):
             # Another worker may have finished while we waited for the lock.
-            if (ready := await asyncio.to_thread(_ready, spec, models_dir)) is not None:
+            if (ready := await asyncio.to_thread(_ready, spec, models_dir, hub_cache)) is not None:
                 return ready
             downloaded = await _download_retrying(
-                spec, models_dir, hub, token, should_stop, retry_wait_s
+                spec, models_dir, hub_cache, hub, token, should_stop, retry_wait_s
             )
     except (HubError, _Unusable) as exc:
         raise _failure(spec, exc, token is not None, redact) from None
@@ -128,21 +148,47 @@ async def provision_model(
     return Provisioned("downloaded", models_dir, downloaded)
 
 
-def _ready(spec: ModelSpec, models_dir: Path) -> Provisioned | None:
+def _ready(spec: ModelSpec, models_dir: Path, hub_cache: Path) -> Provisioned | None:
+    how = _folder_ready(spec, models_dir)
+    if how is None:
+        return None
+    if missing := _missing_from_cache(spec, hub_cache):
+        log.info("weights_hub_cache_incomplete", model_type=spec.model_type.value, missing=missing)
+        return None
+    if how == "preprovisioned":
+        log.info("weights_preprovisioned", model_type=spec.model_type.value, path=str(models_dir))
+    return Provisioned(how, models_dir)
+
+
+def _folder_ready(spec: ModelSpec, models_dir: Path) -> Literal["marker", "preprovisioned"] | None:
     if weights.read_marker(spec, models_dir) is not None:
-        return Provisioned("marker", models_dir)
+        return "marker"
     findings = weights.inspect(spec, models_dir)
     if findings.wrong:
         raise _Unusable("; ".join(findings.wrong))
-    if findings.complete:
-        log.info("weights_preprovisioned", model_type=spec.model_type.value, path=str(models_dir))
-        return Provisioned("preprovisioned", models_dir)
-    return None
+    return "preprovisioned" if findings.complete else None
+
+
+def _missing_from_cache(spec: ModelSpec, hub_cache: Path) -> list[str]:
+    """The files the loader would not find offline in the Hub cache, as ``<repo>/<path>``.
+
+    Reads refs, the cached listing and stats, never the network: it runs before every job.
+    """
+    missing: list[str] = []
+    for repo in spec.hub_cache:
+        folder = cached_snapshot(repo.repo_id, repo.revision, hub_cache, repo.allow_patterns)
+        missing += [
+            f"{repo.repo_id}/{path}"
+            for path in repo.required
+            if folder is None or not (folder / path).is_file()
+        ]
+    return missing
 
 
 async def _download_retrying(
     spec: ModelSpec,
     models_dir: Path,
+    hub_cache: Path,
     hub: HubClient,
     token: SecretStr | None,
     should_stop: Callable[[], bool],
@@ -157,13 +203,16 @@ async def _download_retrying(
     async for attempt in retrying:
         with attempt:
             # Blocking I/O for minutes to hours: off the event loop, so heartbeats go on.
-            return await asyncio.to_thread(_download_all, spec, models_dir, hub, token, should_stop)
+            return await asyncio.to_thread(
+                _download_all, spec, models_dir, hub_cache, hub, token, should_stop
+            )
     raise AssertionError("unreachable")
 
 
 def _download_all(
     spec: ModelSpec,
     models_dir: Path,
+    hub_cache: Path,
     hub: HubClient,
     token: SecretStr | None,
     should_stop: Callable[[], bool],
@@ -177,11 +226,33 @@ def _download_all(
         record, fetched = _download_source(source, models_dir, hub, token, should_stop)
         records.append(record)
         downloaded += fetched
+    for repo in spec.hub_cache:
+        if should_stop():
+            raise DownloadStopped("the download was stopped")
+        _download_to_cache(repo, hub_cache, hub, token, should_stop)
     findings = weights.inspect(spec, models_dir)
     if not findings.complete:
         raise _Unusable(findings.describe())
+    if missing := _missing_from_cache(spec, hub_cache):
+        raise _Unusable(f"the Hub cache lacks {', '.join(missing[:5])}")
     weights.write_marker(spec, models_dir, records)
     return downloaded
+
+
+def _download_to_cache(
+    repo: CachedRepo,
+    hub_cache: Path,
+    hub: HubClient,
+    token: SecretStr | None,
+    should_stop: Callable[[], bool],
+) -> None:
+    # Config and tokenizer files, kilobytes: no space check, and huggingface_hub's own locks in
+    # the cache keep two writers of one file apart (the model type's lock already does).
+    hub_cache.mkdir(parents=True, exist_ok=True)
+    folder = hub.download_to_cache(
+        repo.repo_id, repo.revision, hub_cache, repo.allow_patterns, token, should_stop
+    )
+    log.info("weights_hub_cache_filled", repo_id=repo.repo_id, snapshot=str(folder))
 
 
 def _download_source(

@@ -67,6 +67,22 @@ class HubSource:
 
 
 @dataclass(frozen=True)
+class CachedRepo:
+    """Files a loader asks huggingface_hub for by repo id while it loads, instead of a path.
+
+    They are provisioned into the Hugging Face cache on the volume (``models/hf-cache``), which
+    the trainer reads with ``HF_HUB_OFFLINE=1``: so a provisioned volume trains without the Hub.
+    ``allow_patterns`` must be the loader's own, since huggingface_hub's offline look-up refuses a
+    snapshot missing any listed file they match; ``required`` are the files the loader opens.
+    """
+
+    repo_id: str
+    allow_patterns: tuple[str, ...]
+    required: tuple[str, ...]
+    revision: str = "main"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     model_type: ModelType | AuxiliaryModel
     display_name: str
@@ -78,6 +94,8 @@ class ModelSpec:
     max_resolution: int = 4096
     lora_file: str = "adapter_model.safetensors"
     sources: tuple[HubSource, ...] = ()
+    # Fetched by the loader through huggingface_hub (not in ``models/<type>/``): see CachedRepo.
+    hub_cache: tuple[CachedRepo, ...] = ()
     builtin: bool = False
     # Latents and text embeddings are cached by a separate ``--cache_only`` run, recorded in
     # the ledger, so a crash after caching never pays for it again. ``tiny`` caches nothing.
@@ -85,6 +103,12 @@ class ModelSpec:
     # diffusion-pipe resamples every video to the model's framerate before picking its frame
     # bucket (models/wan/wan.py ``WanPipeline.framerate``); None: the model takes no video.
     framerate: int | None = None
+    # What a request that names neither gets: upstream's recommendations for the model.
+    default_resolution: int = 1024
+    default_video_clip_mode: str = "single_middle"
+    # ``blocks_to_swap`` offloads transformer blocks to the CPU (upstream's ``enable_block_swap``
+    # in models/flux.py, wan/wan.py, qwen_image.py, z_image.py at 8f83dbf; SDXL has none).
+    block_swap: bool = False
 
     @property
     def gated(self) -> bool:
@@ -133,6 +157,9 @@ _WAN_PATTERNS = ("config.json", "diffusion_pytorch_model*", _WAN_T5, _WAN_VAE, "
 _WAN_I2V_PATTERNS = (*_WAN_PATTERNS, _WAN_CLIP, "xlm-roberta-large/*")
 # Wan 2.1 (t2v 1.3B/14B, i2v 14B) trains at 16 fps; only SkyReels and Wan 2.2 5B use 24.
 _WAN_FRAMERATE = 16
+# Upstream's example dataset trains at 512 (examples/dataset.toml line 8 at 8f83dbf); the i2v model
+# is 480P: 1024 would quadruple the memory and time for no gain.
+_WAN_RESOLUTION = 512
 _WAN_SHARDED = ("config.json", "diffusion_pytorch_model.safetensors.index.json")
 
 
@@ -197,6 +224,7 @@ MODELS: dict[ModelType, ModelSpec] = {
                 "flux_shift": True,
             },
             lora_file="pytorch_lora_weights.safetensors",
+            block_swap=True,
             sources=(
                 HubSource(
                     "black-forest-labs/FLUX.1-dev",
@@ -236,6 +264,34 @@ MODELS: dict[ModelType, ModelSpec] = {
                     ("sd_xl_base_1.0.safetensors",),
                 ),
             ),
+            # models/sdxl.py:385 calls StableDiffusionXLPipeline.from_single_file(checkpoint)
+            # with no config: diffusers infers this repo from the checkpoint's keys and takes
+            # the pipeline's configs, tokenizers and scheduler from its snapshot, with these
+            # patterns (diffusers 0.42.1 loaders/single_file.py:251, single_file_utils.py:172).
+            hub_cache=(
+                CachedRepo(
+                    "stabilityai/stable-diffusion-xl-base-1.0",
+                    ("**/*.json", "*.json", "*.txt", "**/*.txt", "**/*.model"),
+                    (
+                        "model_index.json",
+                        "scheduler/scheduler_config.json",
+                        "text_encoder/config.json",
+                        "text_encoder_2/config.json",
+                        *(
+                            f"{folder}/{name}"
+                            for folder in ("tokenizer", "tokenizer_2")
+                            for name in (
+                                "merges.txt",
+                                "special_tokens_map.json",
+                                "tokenizer_config.json",
+                                "vocab.json",
+                            )
+                        ),
+                        "unet/config.json",
+                        "vae/config.json",
+                    ),
+                ),
+            ),
         ),
         ModelSpec(
             ModelType.WAN13,
@@ -243,6 +299,8 @@ MODELS: dict[ModelType, ModelSpec] = {
             _wan_table("Wan2.1-T2V-1.3B", fp8=False),
             videos=True,
             framerate=_WAN_FRAMERATE,
+            default_resolution=_WAN_RESOLUTION,
+            block_swap=True,
             sources=(
                 HubSource(
                     "Wan-AI/Wan2.1-T2V-1.3B",
@@ -265,6 +323,8 @@ MODELS: dict[ModelType, ModelSpec] = {
             _wan_table("Wan2.1-T2V-14B", fp8=True),
             videos=True,
             framerate=_WAN_FRAMERATE,
+            default_resolution=_WAN_RESOLUTION,
+            block_swap=True,
             sources=(
                 HubSource(
                     "Wan-AI/Wan2.1-T2V-14B",
@@ -283,6 +343,11 @@ MODELS: dict[ModelType, ModelSpec] = {
             videos=True,
             videos_only=True,
             framerate=_WAN_FRAMERATE,
+            default_resolution=_WAN_RESOLUTION,
+            block_swap=True,
+            # The first frame of each clip is the conditioning image (docs/supported_models.md
+            # line 196 at 8f83dbf; models/base.py line 59 defaults to it too).
+            default_video_clip_mode="single_beginning",
             sources=(
                 HubSource(
                     "Wan-AI/Wan2.1-I2V-14B-480P",
@@ -310,6 +375,7 @@ MODELS: dict[ModelType, ModelSpec] = {
                 "transformer_dtype": "float8",
                 "timestep_sample_method": "logit_normal",
             },
+            block_swap=True,
             sources=(
                 HubSource(
                     "Qwen/Qwen-Image",
@@ -336,6 +402,7 @@ MODELS: dict[ModelType, ModelSpec] = {
                 "merge_adapters": [Weights(f"{_Z_ADAPTER_DIR}/{_Z_ADAPTER}")],
                 "dtype": "bfloat16",
             },
+            block_swap=True,
             sources=(
                 HubSource(
                     "Comfy-Org/z_image_turbo",

@@ -13,14 +13,16 @@ import math
 from collections import deque
 from pathlib import Path
 
+import structlog
+
 from contracts.enums import ErrorCode, EventType, StageName
 from contracts.events import CheckpointData, ProgressData
-from contracts.request import TrainingSpec
 from stages.configure import TRAIN_TOML
 from stages.context import StageContext, StageOutcome
-from stages.errors import Interrupted, Permanent, Retryable
+from stages.errors import Interrupted, Retryable
 from stages.lora_check import nonfinite_tensors
 from stages.registry import ModelSpec, spec_for
+from stages.trainer.failures import Diverged, LoraDiverged, OutOfMemory
 from stages.trainer.launcher import (
     Launch,
     TrainerProcess,
@@ -29,50 +31,27 @@ from stages.trainer.launcher import (
     request_save_quit,
 )
 from stages.trainer.log_parser import (
+    CheckpointSavingLine,
     CompleteLine,
     EpochLine,
+    OutOfMemoryLine,
     QuitLine,
     ResumedLine,
     StepLine,
     parse_line,
 )
 from stages.trainer.progress import ProgressTracker
-from stages.trainer.run_dirs import checkpoint_in, newest_checkpoint, newest_run_dir, saved_models
+from stages.trainer.resume_point import ResumePoint, plan_resume
+from stages.trainer.run_dirs import checkpoint_in, newest_run_dir, saved_models
+from stages.trainer.stop_cost import StopClock
+
+log = structlog.get_logger("loraq.train")
 
 NAME = StageName.TRAIN
 LOG_FILE = "logs/train.log"
 LATENTS_CACHED = "latents_cached"
 CACHING_STARTED = "caching_started"
 _TAIL_LINES = 20
-
-
-class Diverged(Permanent):
-    """The loss has been NaN or infinite for too many steps in a row.
-
-    diffusion-pipe trains on regardless, burning GPU hours on a LoRA that is already garbage;
-    the same settings would diverge again, so the job fails for good and says which to change.
-    """
-
-    def __init__(self, steps: int) -> None:
-        super().__init__(
-            ErrorCode.TRAINING_DIVERGED,
-            f"the loss was not finite for {steps} steps in a row; lower the learning rate "
-            "or use a higher-precision dtype",
-            field="input.training.learning_rate",
-        )
-
-
-class LoraDiverged(Permanent):
-    """The saved LoRA holds NaN or infinity: the same settings would produce it again."""
-
-    def __init__(self, training: TrainingSpec, saved: str, bad: int, count: int) -> None:
-        super().__init__(
-            ErrorCode.TRAINING_DIVERGED,
-            f"the LoRA saved as {saved} holds non-finite values in {bad} of its {count} "
-            f"tensors; lower training.learning_rate ({training.learning_rate}) or "
-            f"training.optimizer_weight_decay ({training.optimizer_weight_decay})",
-            field="input.training.learning_rate",
-        )
 
 
 class _Watch:
@@ -84,6 +63,9 @@ class _Watch:
         self.checkpoint_tag = resumed_tag
         self.complete = False
         self.quit = False
+        self.out_of_memory: str | None = None
+        self.stop_clock = StopClock()
+        self._warned_grace = False
         self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
         self._bad_losses = 0
 
@@ -93,6 +75,8 @@ class _Watch:
         if isinstance(parsed, StepLine):
             self._check_finite(parsed.loss)
             self.progress.record(parsed.step, parsed.iter_time_s)
+            self.stop_clock.step_done(parsed.iter_time_s, self.progress.slowest_step_s)
+            self._warn_if_grace_too_short()
             await self._progress(parsed)
             await self.check_checkpoint()
         elif isinstance(parsed, (EpochLine, ResumedLine)):
@@ -101,6 +85,26 @@ class _Watch:
             self.complete = True
         elif isinstance(parsed, QuitLine):
             self.quit = True
+        elif isinstance(parsed, CheckpointSavingLine):
+            self.stop_clock.checkpoint_started()
+        elif isinstance(parsed, OutOfMemoryLine):
+            self.out_of_memory = self.out_of_memory or parsed.text
+
+    def _warn_if_grace_too_short(self) -> None:
+        """Once a job: a SIGTERM now would end in SIGKILL and lose the work since the last
+        checkpoint. The operator can raise LORAQ_SHUTDOWN_GRACE_S (and the pod's grace) or
+        checkpoint more often (docs/operations.md, "Shutdown")."""
+        worst = self.stop_clock.worst_stop_s()
+        budget = save_quit_budget(self.ctx)
+        if self._warned_grace or worst is None or worst <= budget:
+            return
+        self._warned_grace = True
+        log.warning(
+            "train.shutdown_grace_too_short",
+            step_s=round(self.progress.slowest_step_s or 0.0, 1),
+            checkpoint_s=self.stop_clock.checkpoint_s,
+            save_quit_budget_s=budget,
+        )
 
     def _check_finite(self, loss: float) -> None:
         limit = self.ctx.settings.max_nonfinite_loss_steps
@@ -142,7 +146,15 @@ async def run(ctx: StageContext) -> StageOutcome:
     spec = spec_for(ctx.request.model_type)
     cached = await _cache_latents(ctx, spec)
     total = ctx.output_of(StageName.CONFIGURE, "total_steps")
-    resume = newest_checkpoint(ctx.paths.output)
+    point = await asyncio.to_thread(
+        plan_resume, ctx.paths.output, ctx.paths.config / TRAIN_TOML, spec.lora_file
+    )
+    _log_resume_point(ctx, point)
+    if point.finished and point.checkpoint is not None:
+        # The trainer finished, then we died before recording it: resuming would train more.
+        outcome = _saved_outcome(point.checkpoint.run_dir, spec.lora_file, point.checkpoint.step)
+        return await _checked(ctx, outcome, cached)
+    resume = point.checkpoint
     clear_control_files(ctx.paths.output)
     launch = build_launch(
         ctx.settings,
@@ -161,10 +173,23 @@ async def run(ctx: StageContext) -> StageOutcome:
     await watch.check_checkpoint()
     if interrupted:
         raise Interrupted("the worker is shutting down", stage=NAME, step=watch.progress.step)
-    outcome = _outcome(ctx, watch, code, spec.lora_file)
+    return await _checked(ctx, _outcome(ctx, watch, code, spec.lora_file), cached)
+
+
+async def _checked(ctx: StageContext, outcome: StageOutcome, cached: bool) -> StageOutcome:
     await _refuse_nonfinite(ctx, Path(str(outcome.outputs["lora_path"])))
     outcome.outputs[LATENTS_CACHED] = cached
     return outcome
+
+
+def _log_resume_point(ctx: StageContext, point: ResumePoint) -> None:
+    if point.removed or point.rolled_back_from:
+        log.warning(
+            "train.resume_repaired",
+            torn_saves_removed=list(point.removed),
+            final_checkpoint_not_resumed=point.rolled_back_from,
+            resuming_from=point.checkpoint.tag if point.checkpoint else None,
+        )
 
 
 async def _refuse_nonfinite(ctx: StageContext, lora_path: Path) -> None:
@@ -241,16 +266,19 @@ async def _supervise(
             await reader
             return False
         run_dir = newest_run_dir(ctx.paths.output)
-        if run_dir is not None and watch.progress.step > 0:
+        budget = save_quit_budget(ctx)
+        if run_dir is not None and watch.progress.step > 0 and _save_quit_fits(watch, budget):
             request_save_quit(run_dir)
         else:
             process.kill_group()
         try:
-            await asyncio.wait_for(asyncio.shield(reader), _save_quit_budget(ctx))
+            await asyncio.wait_for(asyncio.shield(reader), budget)
         except TimeoutError:
             process.kill_group()
             await reader
-        return True
+        # The stop may race the end: a trainer that printed TRAINING COMPLETE! has finished
+        # (its final checkpoint is past the end, and resuming from it trains a whole epoch more).
+        return not watch.complete
     finally:
         stop.cancel()
         if not reader.done():
@@ -259,10 +287,20 @@ async def _supervise(
                 await reader
 
 
-def _save_quit_budget(ctx: StageContext) -> float:
+def save_quit_budget(ctx: StageContext) -> float:
     """The trainer's share of the shutdown grace: the rest publishes the hand-back."""
     grace = ctx.settings.shutdown_grace_s
     return max(grace * 0.5, grace - 15)
+
+
+def _save_quit_fits(watch: _Watch, budget: float) -> bool:
+    """A save_quit that cannot finish in time is not asked for: the trainer is stopped at
+    once, and the grace goes to handing the job back (``stages/trainer/stop_cost.py``)."""
+    needed = watch.stop_clock.stop_now_s()
+    if needed is None or needed <= budget:
+        return True
+    log.warning("train.save_quit_skipped", needed_s=round(needed, 1), budget_s=budget)
+    return False
 
 
 async def _read(process: TrainerProcess, watch: _Watch, log_path: Path) -> None:
@@ -275,16 +313,28 @@ async def _read(process: TrainerProcess, watch: _Watch, log_path: Path) -> None:
 
 
 def _outcome(ctx: StageContext, watch: _Watch, code: int, lora_file: str) -> StageOutcome:
+    if code != 0 and watch.out_of_memory:
+        spec = spec_for(ctx.request.model_type)
+        raise OutOfMemory(spec, ctx.request.training, watch.out_of_memory)
     if code != 0 or not watch.complete:
         tail = "\n".join(watch.tail)
         reason = "stopped before finishing" if watch.quit else f"exited with code {code}"
         raise Retryable(ErrorCode.TRAINING_FAILED, f"the trainer {reason}; last output:\n{tail}")
     run_dir = newest_run_dir(ctx.paths.output)
-    models = saved_models(run_dir, lora_file) if run_dir else []
-    if run_dir is None or not models:
+    if run_dir is None:
+        raise Retryable(ErrorCode.TRAINING_FAILED, f"training finished but wrote no {lora_file}")
+    return _saved_outcome(run_dir, lora_file, watch.progress.step, watch.progress.epoch)
+
+
+def _saved_outcome(
+    run_dir: Path, lora_file: str, final_step: int, epoch: int | None = None
+) -> StageOutcome:
+    """The newest complete model folder (never a torn one: ``run_dirs.is_torn``)."""
+    models = saved_models(run_dir, lora_file)
+    if not models:
         raise Retryable(ErrorCode.TRAINING_FAILED, f"training finished but wrote no {lora_file}")
     kind, number, model_dir = models[-1]
-    epochs = number if kind == "epoch" else watch.progress.epoch
+    epochs = number if kind == "epoch" or epoch is None else epoch
     return StageOutcome(
         {
             "run_dir": str(run_dir),
@@ -292,6 +342,6 @@ def _outcome(ctx: StageContext, watch: _Watch, code: int, lora_file: str) -> Sta
             "lora_path": str(model_dir / lora_file),
             "latest_epoch": model_dir.name,
             "epochs_completed": epochs,
-            "final_step": watch.progress.step,
+            "final_step": final_step,
         }
     )

@@ -110,8 +110,10 @@ def sdxl() -> HubRepo:
         **_common("# SD-XL 1.0-base\n"),
         "LICENSE.md": b"CreativeML Open RAIL++-M License\n",
         "01.png": b"\x89PNG",
+        # Named by the key diffusers' single-file loader tells an SDXL base checkpoint by
+        # (single_file_utils.py CHECKPOINT_KEY_NAMES["xl_base"]).
         "sd_xl_base_1.0.safetensors": safetensors(
-            {"model.diffusion_model.input_blocks.0.0.weight": 64}
+            {"conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias": 64}
         ),
         "sd_xl_base_1.0_0.9vae.safetensors": safetensors(
             {"model.diffusion_model.out.2.weight": 64}
@@ -119,12 +121,59 @@ def sdxl() -> HubRepo:
         "sd_xl_offset_example-lora_1.0.safetensors": safetensors(
             {"lora_unet_out.lora_down.weight": 8}
         ),
-        "model_index.json": _json({"_class_name": "StableDiffusionXLPipeline"}),
+        # The diffusers folders diffusers' from_single_file reads its configs from.
+        "model_index.json": _json(
+            {
+                "_class_name": "StableDiffusionXLPipeline",
+                "force_zeros_for_empty_prompt": True,
+                "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "tokenizer_2": ["transformers", "CLIPTokenizer"],
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+            }
+        ),
+        "scheduler/scheduler_config.json": _json({"_class_name": "EulerDiscreteScheduler"}),
+        "text_encoder/config.json": _json({"architectures": ["CLIPTextModel"]}),
+        "text_encoder/model.safetensors": safetensors({"text_model.embeddings.position_ids": 8}),
+        "text_encoder_2/config.json": _json({"architectures": ["CLIPTextModelWithProjection"]}),
+        **{
+            f"{folder}/{name}": data
+            for folder in ("tokenizer", "tokenizer_2")
+            for name, data in _clip_tokenizer().items()
+        },
         "unet/config.json": _json({"_class_name": "UNet2DConditionModel"}),
         "unet/diffusion_pytorch_model.fp16.safetensors": safetensors({"conv_in.weight": 16}),
         "vae/config.json": _json({"_class_name": "AutoencoderKL"}),
+        # Matched by diffusers' patterns though no SDXL component reads it.
+        "vae_1_0/config.json": _json({"_class_name": "AutoencoderKL"}),
     }
     return HubRepo(SDXL, files=files)
+
+
+def _clip_tokenizer() -> dict[str, bytes]:
+    """A CLIP BPE tokenizer small enough to read, in the four files SDXL's repo ships."""
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}
+    return {
+        "merges.txt": b"#version: 0.2\na b</w>\n",
+        "special_tokens_map.json": _json({**special, "pad_token": "<|endoftext|>"}),
+        "tokenizer_config.json": _json(
+            {**special, "tokenizer_class": "CLIPTokenizer", "model_max_length": 77}
+        ),
+        "vocab.json": _json(
+            {
+                "a": 0,
+                "b": 1,
+                "a</w>": 2,
+                "b</w>": 3,
+                "ab</w>": 4,
+                "<|startoftext|>": 5,
+                "<|endoftext|>": 6,
+            }
+        ),
+    }
 
 
 def _wan_common() -> dict[str, bytes]:

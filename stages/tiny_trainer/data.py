@@ -7,10 +7,10 @@ an epoch has the number of steps loraq predicts. The simplification: the tiny mo
 square input size, so every image is centre-cropped to the first resolution whatever bucket
 it is in; the buckets decide which images share a batch and how many batches there are.
 
-Images are decoded once into one float tensor (a few KB each at 32×32), so there is no cache to
-build and `--cache_only` is only a validation pass. The epoch order is seeded by (seed, epoch),
-so the loader's whole state is (epoch, batches pulled) and a resumed run sees exactly the
-batches an uninterrupted run would have.
+Images are decoded once into one float tensor (a few KB each at 32×32), which
+``stages/tiny_trainer/cache.py`` caches with diffusion-pipe's flags. The epoch order is seeded
+by (seed, epoch), so the loader's whole state is (epoch, batches pulled) and a resumed run sees
+exactly the batches an uninterrupted run would have.
 """
 
 from __future__ import annotations

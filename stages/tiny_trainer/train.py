@@ -39,8 +39,9 @@ from typing import Any
 import deepspeed
 import toml
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
+from stages.tiny_trainer.cache import cached_dataset
 from stages.tiny_trainer.data import (
     EpochLoader,
     ImageDataset,
@@ -74,7 +75,7 @@ _RUN_DIR_FORMAT = "%Y%m%d_%H-%M-%S"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """diffusion-pipe's flags; those about caches and sampling are accepted for compatibility."""
+    """diffusion-pipe's flags; those about sampling are accepted for compatibility."""
     parser = argparse.ArgumentParser(
         description="Train a LoRA for the tiny DiT (diffusion-pipe contract)."
     )
@@ -95,13 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reset_optimizer", action="store_true")
     parser.add_argument("--reset_optimizer_params", action="store_true")
     parser.add_argument(
-        "--regenerate_cache", action="store_true", help="No cache exists for tiny; ignored."
+        "--regenerate_cache", action="store_true", help="Force regenerate cache."
     )
     parser.add_argument(
-        "--cache_only", action="store_true", help="Load and validate the dataset, then exit."
+        "--cache_only", action="store_true", help="Cache model inputs then exit."
     )
     parser.add_argument(
-        "--trust_cache", action="store_true", help="No cache exists for tiny; ignored."
+        "--trust_cache",
+        action="store_true",
+        help="Load from metadata cache files if they exist, without checking if any "
+        "fingerprints have changed.",
     )
     parser.add_argument(
         "--i_know_what_i_am_doing", action="store_true", help="Accepted; tiny skips no checks."
@@ -394,24 +398,33 @@ class Saver:
         self.last_checkpoint_time: float | None = None
 
     def save_model(self, name: str) -> None:
-        """Write `<run_dir>/<name>/` atomically: built in a hidden sibling, then renamed into place.
+        """Write ``<run_dir>/<name>/`` in place, exactly as diffusion-pipe's saver does.
 
-        The hidden `.<name>.tmp` is skipped by `glob('*')` and never matches `epoch*`, so a crash
-        mid-save cannot leave anything that looks like a finished model.
+        ``utils/saver.py`` (8f83dbf, ``save_adapter``, lines 58-85) makes ``<name>/tmp`` with
+        ``exist_ok=False``, saves each rank's state dict there, writes the adapter files into
+        ``<name>/`` itself (``models/base.py`` line 703: ``adapter_config.json`` first, then
+        ``adapter_model.safetensors``), copies the config and removes ``tmp/`` last. A kill
+        mid-save therefore leaves ``<name>/tmp`` beside a possibly torn LoRA, and the next save
+        of ``<name>`` raises ``FileExistsError``: loraq must clean that up, so tiny must not.
         """
         print(f"Saving model to directory {name}", flush=True)
-        final = self.ctx.run_dir / name
-        tmp = self.ctx.run_dir / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        state = lora_state_dict(self.ctx.objective, self.config["save_dtype"])
-        save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        save_dir = self.ctx.run_dir / name
+        tmp_dir = save_dir / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=False)  # os.makedirs(tmp_dir, exist_ok=False)
+        partial = lora_state_dict(self.ctx.objective, self.config["save_dtype"])
+        torch.save(partial, tmp_dir / "state_dict_0.bin")
+        state: dict[str, torch.Tensor] = {}
+        for path in tmp_dir.glob("*.bin"):
+            state.update(torch.load(path, weights_only=True, map_location="cpu"))
         adapter_json = adapter_config_json(self.config["adapter"], self.ctx.target_modules)
-        (tmp / "adapter_config.json").write_text(json.dumps(adapter_json, indent=2, sort_keys=True))
-        shutil.copy(self.ctx.args.config, tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.replace(final)
+        (save_dir / "adapter_config.json").write_text(
+            json.dumps(adapter_json, indent=2, sort_keys=True)
+        )
+        lora_path = save_dir / "adapter_model.safetensors"
+        _hold_save_for_tests(name, state, lora_path)
+        save_file(state, str(lora_path), metadata={"format": "pt"})
+        shutil.copy(self.ctx.args.config, save_dir)
+        shutil.rmtree(tmp_dir)
 
     def save_checkpoint(self, step: int, examples: int) -> None:
         """DeepSpeed checkpoint of the LoRA tensors + optimizer + scheduler + loader position."""
@@ -487,6 +500,22 @@ class Saver:
             print("Manually quitting", flush=True)
             sys.exit(0)
         return checkpointed, saved
+
+
+HOLD_SAVE_ENV = "TINY_HOLD_SAVE"
+
+
+def _hold_save_for_tests(name: str, state: dict[str, torch.Tensor], lora_path: Path) -> None:
+    """Fault tests' window into a save: with ``TINY_HOLD_SAVE=<name>``, write the first half of
+    the LoRA file (what a kill mid-write leaves) and wait to be killed."""
+    if os.environ.get(HOLD_SAVE_ENV) != name:
+        return
+    data = save(state, metadata={"format": "pt"})
+    with open(lora_path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    print(f"Holding the save of {name} half written until killed", flush=True)
+    while True:
+        time.sleep(60)
 
 
 class ProgressPrinter:
@@ -565,8 +594,29 @@ def resume_training(ctx: TrainContext) -> tuple[int, int]:
     return step, examples
 
 
+DEVICE_MEMORY_ENV = "TINY_DEVICE_MEMORY_MIB"
+# Bytes one image element costs in a step (activations, gradients): only the scaling matters.
+_BYTES_PER_ELEMENT = 4 * 256
+
+
+def check_device_memory(ctx: TrainContext) -> None:
+    """A pretend GPU of ``TINY_DEVICE_MEMORY_MIB``: a step that needs more fails at its first
+    allocation with torch's own ``OutOfMemoryError`` text, as a real card does."""
+    capacity = os.environ.get(DEVICE_MEMORY_ENV)
+    if not capacity:
+        return
+    micro = ctx.engine.train_micro_batch_size_per_gpu()
+    need_mib = micro * ctx.images[0].numel() * _BYTES_PER_ELEMENT / 2**20
+    if need_mib > float(capacity):
+        raise torch.OutOfMemoryError(
+            f"CUDA out of memory. Tried to allocate {need_mib:.2f} MiB. GPU 0 has a total "
+            f"capacity of {float(capacity):.2f} MiB of which 0 bytes is free."
+        )
+
+
 def train_loop(ctx: TrainContext, saver: Saver, step: int, examples: int) -> tuple[str, bool, bool]:
     """train.py's main loop; returns (final model name, just checkpointed, just saved)."""
+    check_device_memory(ctx)
     printer = ProgressPrinter(int(ctx.config["steps_per_print"]), ctx.global_batch_size)
     max_steps = ctx.config.get("max_steps")
     epoch = ctx.loader.epoch
@@ -583,20 +633,6 @@ def train_loop(ctx: TrainContext, saver: Saver, step: int, examples: int) -> tup
             return f"step{step}", checkpointed, saved
         step += 1
         examples += ctx.global_batch_size
-
-
-def finished_before_start(ctx: TrainContext, step: int) -> str | None:
-    """On resume from a checkpoint taken at the very end, the final model name; else None.
-
-    diffusion-pipe would train one step past the end here; the checkpoint already holds the
-    finished weights, so only the final model save is left to do.
-    """
-    max_steps = ctx.config.get("max_steps")
-    if max_steps is not None and step > max_steps:
-        return f"step{step - 1}"
-    if ctx.loader.epoch > ctx.config["epochs"]:
-        return f"epoch{ctx.config['epochs']}"
-    return None
 
 
 def resolve_save_every_n_examples(config: dict[str, Any], global_batch_size: int) -> None:
@@ -654,11 +690,9 @@ def run_training(
     monitoring_login(config)
     step, examples = resume_training(ctx) if resume else (1, ctx.global_batch_size)
     saver = Saver(ctx)
-    final_name = finished_before_start(ctx, step)
-    if final_name is None:
-        final_name, checkpointed, saved = train_loop(ctx, saver, step, examples)
-    else:  # the checkpoint just loaded is the final one
-        checkpointed, saved = True, (ctx.run_dir / final_name).is_dir()
+    # No shortcut for a checkpoint taken at the very end: like train.py (lines 915-965), the loop
+    # then trains the whole next epoch and saves it. loraq never resumes from a final checkpoint.
+    final_name, checkpointed, saved = train_loop(ctx, saver, step, examples)
     if not checkpointed:
         saver.save_checkpoint(step, examples)
     if not saved:
@@ -698,17 +732,16 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args.config)
     torch.set_num_threads(compute_threads(config))
     spec = parse_dataset_config(config["dataset"])
-    dataset = load_dataset(spec)
+    if args.dump_dataset is not None:  # train.py dumps before it caches (lines 495-514)
+        dump_dataset(load_dataset(spec), args.dump_dataset)
+        return
+    dataset = cached_dataset(spec, regenerate=args.regenerate_cache, trust=args.trust_cache)
     if args.cache_only:
         print(
             f"Dataset OK: {len(dataset.images)} images, {len(dataset)} items with repeats in "
-            f"{len(dataset.bucket_sizes)} bucket(s), resolution {spec.resolution}. "
-            "Nothing to cache for the tiny model.",
+            f"{len(dataset.bucket_sizes)} bucket(s), resolution {spec.resolution}.",
             flush=True,
         )
-        return
-    if args.dump_dataset is not None:
-        dump_dataset(dataset, args.dump_dataset)
         return
     if args.test_sample:
         raise NotImplementedError("--test_sample is not supported by the tiny model")

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import stages.tiny_trainer
 from infra.settings import Settings
+from stages.provision import hub_cache_dir
 from stages.registry import ModelSpec
+from stages.trainer.gpus import gpu_names, needs_nccl_p2p_disabled
 from stages.trainer.run_dirs import Checkpoint
 from stages.trainer.shm import release_shared_memory
 
@@ -66,6 +68,7 @@ def trainer_env(
     settings: Settings,
     base: dict[str, str] | None = None,
     secrets: Mapping[str, str] | None = None,
+    gpus: tuple[str, ...] | None = None,
 ) -> dict[str, str]:
     """The trainer's environment: the worker's, less every credential, plus the request's own
     trainer secrets (``WANDB_API_KEY``), which are never written to the volume."""
@@ -78,10 +81,17 @@ def trainer_env(
         PYTHONUNBUFFERED="1",
         TORCH_EXTENSIONS_DIR=str(settings.torch_extensions_dir),
         PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True",
-        # Consumer GPUs without NVLink hang in NCCL's P2P/IB probes (diffusion-pipe's README).
-        NCCL_P2P_DISABLE="1",
-        NCCL_IB_DISABLE="1",
     )
+    # Every model type trains from the volume alone: what a loader fetches by repo id (SDXL's
+    # configs and tokenizers, diffusers' from_single_file) was provisioned into this cache, and
+    # offline a missing file fails at once instead of waiting on, or depending on, the Hub.
+    env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub_cache_dir(settings.volume)))
+    disable_p2p = settings.nccl_disable_p2p
+    if disable_p2p is None:
+        disable_p2p = needs_nccl_p2p_disabled(gpu_names() if gpus is None else gpus)
+    if disable_p2p:
+        # RTX 4000-series cards hang in NCCL's P2P/IB probes (diffusion-pipe's README).
+        env.update(NCCL_P2P_DISABLE="1", NCCL_IB_DISABLE="1")
     env.update(secrets or {})
     return env
 

@@ -16,6 +16,12 @@ _STEP = re.compile(
 _EPOCH = re.compile(r"Started new epoch:\s*(?P<epoch>\d+)")
 _SAVING = re.compile(r"Saving model to directory\s+(?P<name>\S+)")
 _RESUMING = re.compile(r"Resuming at epoch:\s*(?P<epoch>\d+),\s*step:\s*(?P<step>\d+)")
+# torch's allocator message, raised as ``torch.OutOfMemoryError`` (``torch.cuda.OutOfMemoryError``
+# is the same class) and printed by the traceback of whichever rank ran out.
+_OOM = re.compile(r"(OutOfMemoryError:|CUDA out of memory)")
+# DeepSpeed's torch checkpoint engine (runtime/checkpoint_engine/torch_checkpoint_engine.py),
+# printed at the info level diffusion-pipe sets (train.py line 279 at 8f83dbf).
+_CHECKPOINT_SAVING = re.compile(r"Checkpoint (?P<tag>global_step\d+) is about to be saved")
 _COMPLETE = "TRAINING COMPLETE!"
 _QUIT = "Manually quitting"
 
@@ -54,7 +60,26 @@ class QuitLine:
     pass
 
 
-TrainerLine = StepLine | EpochLine | SavedModelLine | ResumedLine | CompleteLine | QuitLine
+@dataclass(frozen=True)
+class CheckpointSavingLine:
+    tag: str
+
+
+@dataclass(frozen=True)
+class OutOfMemoryLine:
+    text: str
+
+
+TrainerLine = (
+    StepLine
+    | EpochLine
+    | SavedModelLine
+    | ResumedLine
+    | CompleteLine
+    | QuitLine
+    | CheckpointSavingLine
+    | OutOfMemoryLine
+)
 
 
 def parse_line(line: str) -> TrainerLine | None:
@@ -74,4 +99,8 @@ def parse_line(line: str) -> TrainerLine | None:
         return CompleteLine()
     if _QUIT in line:
         return QuitLine()
+    if match := _CHECKPOINT_SAVING.search(line):
+        return CheckpointSavingLine(match["tag"])
+    if _OOM.search(line):
+        return OutOfMemoryLine(line.strip())
     return None

@@ -21,6 +21,11 @@ class ProgressTracker:
             self._times.popleft()
 
     @property
+    def slowest_step_s(self) -> float | None:
+        """The longest recent step: what a stop request may have to wait for."""
+        return max(self._times) if self._times else None
+
+    @property
     def percent(self) -> float | None:
         if not self.total_steps:
             return None

@@ -56,6 +56,12 @@ async def test_a_torn_cache_is_regenerated_then_trusted_for_training(
     ledger = Ledger(job_id="cache-job", model_type=ModelType.TINY, created_at=now, updated_at=now)
     ledger.stage(StageName.CONFIGURE).outputs["total_steps"] = 2
     ledger.stage(StageName.TRAIN).outputs[train.CACHING_STARTED] = True  # died mid-caching
+    # ...and what that caching run left: metadata written, latents torn (tiny's cache keeps
+    # upstream's order). Trusting it would fail the run; regenerating it must not.
+    torn = paths.dataset / "images" / "cache" / "tiny"
+    torn.mkdir(parents=True)
+    (torn / "metadata.json").write_text('{"fingerprint": "stale", "items": 2}')
+    (torn / "latents.pt").write_bytes(b"PK\x03\x04 half a file")
     ctx = StageContext(
         job_id="cache-job",
         request=request,
@@ -78,6 +84,8 @@ async def test_a_torn_cache_is_regenerated_then_trusted_for_training(
     assert "--trust_cache" in launches[1] and "--cache_only" not in launches[1]
     saved = store.load_ledger("cache-job")  # recorded before training started
     assert saved is not None and saved.stage(StageName.TRAIN).outputs[train.LATENTS_CACHED]
+    log = (paths.root / train.LOG_FILE).read_text()
+    assert "deleting existing cache files" in log and "trusting it (--trust_cache)" in log
     assert await train._cache_latents(ctx, spec) is True  # recorded: no third launch
     assert (
         len(

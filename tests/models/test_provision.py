@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from huggingface_hub import snapshot_download
 from pydantic import SecretStr
 
 from contracts.enums import ErrorCode, ModelType
@@ -116,11 +117,24 @@ def _copy_by_hand(volume: Path, model_type: ModelType) -> Path:
     return models_dir
 
 
-async def test_a_pre_provisioned_volume_is_used_without_network(tmp_path: Path) -> None:
-    """GIVEN weights copied by hand (no marker) and no reachable Hub WHEN provisioned THEN the
-    loader's files are found and used, even for a gated model without a token."""
+async def test_a_pre_provisioned_volume_is_used_without_network(
+    local_hub: LocalHub, tmp_path: Path
+) -> None:
+    """GIVEN weights copied by hand (no marker), the Hub cache filled as ``hf download
+    --cache-dir`` does, and no reachable Hub WHEN provisioned THEN the loader's files are found
+    and used, even for a gated model without a token."""
     for model_type in REAL_TYPES:
         _copy_by_hand(tmp_path, model_type)
+        for repo in spec_for(model_type).hub_cache:
+            snapshot_download(
+                repo.repo_id,
+                cache_dir=tmp_path / "models" / "hf-cache",
+                allow_patterns=list(repo.allow_patterns),
+                endpoint=local_hub.url,
+                token=False,
+            )
+    local_hub.stop()
+    for model_type in REAL_TYPES:
         result = await _provision("http://127.0.0.1:9", tmp_path, model_type, token=None)
         assert result.how == "preprovisioned", model_type
 
