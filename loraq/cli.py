@@ -51,7 +51,15 @@ def _demo(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> int:
     from loraq.model_commands import config_command
 
-    return config_command(Path(args.job), Path(args.out), Path(args.volume))
+    counts = {kind: n for kind in ("images", "videos") if (n := getattr(args, kind)) is not None}
+    return config_command(
+        Path(args.job),
+        Path(args.out),
+        Path(args.volume),
+        offline=args.offline,
+        media=counts,
+        gpu_memory_gib=args.gpu_memory_gib,
+    )
 
 
 def _provision(args: argparse.Namespace) -> int:
@@ -61,11 +69,20 @@ def _provision(args: argparse.Namespace) -> int:
     return provision_command(args.model_types, Path(args.volume), args.endpoint)
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("a count is 0 or more")
+    return value
+
+
 def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from loraq.model_commands import PROVISIONABLE, default_volume
 
     config = sub.add_parser(
-        "config", help="write the train.toml and dataset.toml a job would run with (offline)"
+        "config",
+        help="dry run: check a job as a worker would (its LORAQ_* settings), then write the "
+        "train.toml and dataset.toml it would run with and what it would cost",
     )
     config.add_argument("job", help='the job request: a JSON file {"input": {...}}')
     config.add_argument("--out", required=True, help="folder for train.toml and dataset.toml")
@@ -73,6 +90,24 @@ def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "--volume",
         default=str(default_volume()),
         help="the volume the paths point into (default: $LORAQ_VOLUME or /var/lib/loraq)",
+    )
+    config.add_argument(
+        "--offline",
+        action="store_true",
+        help="skip the checks that need the network (Hub access for the token, dataset URLs)",
+    )
+    for kind in ("images", "videos"):
+        config.add_argument(
+            f"--{kind}",
+            type=_count,
+            metavar="N",
+            help=f"the dataset's number of {kind}, for the predicted step count",
+        )
+    config.add_argument(
+        "--gpu-memory-gib",
+        type=float,
+        metavar="GIB",
+        help="the worker GPU's memory (default: $LORAQ_GPU_MEMORY_GIB, else this machine's)",
     )
     config.set_defaults(func=_config)
     provision = sub.add_parser(

@@ -18,7 +18,7 @@ from contracts.ledger import Ledger, StageError, StageRecord
 from contracts.request import JobInput
 from infra.settings import ImageCaptionBackend
 from infra.volume import utcnow
-from stages import caption, configure, fetch, provision, publish, train
+from stages import caption, configure, fetch, model_budget, provision, publish, train
 from stages.context import StageContext
 from stages.errors import Interrupted, Permanent, Retryable, StageFailure
 from stages.registry import spec_for
@@ -30,11 +30,18 @@ assert tuple(m.NAME for m in STAGES) == tuple(StageName), "pipeline order is Sta
 StageHook = Callable[[StageName, Callable[[], Awaitable[None]]], Awaitable[None]]
 
 
-def preflight(request: JobInput, image_backend: ImageCaptionBackend = "joycaption") -> None:
+def preflight(
+    request: JobInput,
+    image_backend: ImageCaptionBackend = "joycaption",
+    *,
+    gpu_memory_gib: float | None = None,
+) -> None:
     """Refuse, before any download, a request that this worker can never complete.
 
-    ``image_backend`` is the worker's ``caption_image_backend``; ``run_stages`` checks the
-    captioning again with the worker's own settings before the first stage.
+    ``image_backend`` is the worker's ``caption_image_backend`` and ``gpu_memory_gib`` its
+    GPU's memory (None: unknown, so only what upstream refuses on any GPU is refused);
+    ``run_stages`` checks both again with the worker's own settings before the first stage
+    they matter to. ``loraq config`` passes the worker's settings here directly.
     """
     _check_media(request)
     _check_captioning(request, image_backend)
@@ -48,6 +55,8 @@ def preflight(request: JobInput, image_backend: ImageCaptionBackend = "joycaptio
         )
     if request.output.method is OutputMethod.S3 and request.output.s3 is None:
         raise Permanent(ErrorCode.INVALID_REQUEST, "output.s3 is required", field="output.s3")
+    # Last: it builds the TOML tables, which only a request that passed the rest deserves.
+    model_budget.check(request, gpu_memory_gib)
 
 
 def _check_media(request: JobInput) -> None:
@@ -126,6 +135,11 @@ async def run_stages(
     if ctx.ledger.stage(StageName.CAPTION).status is not StageStatus.COMPLETED:
         # Which captioner images get is the worker's setting, unknown to a bare preflight.
         _check_captioning(ctx.request, ctx.settings.caption_image_backend)
+    if ctx.ledger.stage(StageName.TRAIN).status is not StageStatus.COMPLETED:
+        # The GPU is this worker's: a job resumed here after training needs none of it. The
+        # driver is asked off the loop (nvidia-smi may take a second).
+        gpu = await asyncio.to_thread(model_budget.gpu_memory_gib, ctx.settings.gpu_memory_gib)
+        model_budget.check(ctx.request, gpu)
     for module in STAGES:
         name: StageName = module.NAME
         record = ctx.ledger.stage(name)

@@ -7,6 +7,8 @@ source: ``hf_api.py``, ``file_download.py``, ``_snapshot_download.py``, ``utils/
   private}`` (``repo_info``, the first call of ``snapshot_download``);
 - ``GET /api/{models,datasets}/{ns}/{name}/tree/{rev}[/{path}]?recursive=`` → file entries
   ``{type, path, size, oid, lfs?}`` and folder entries (``list_repo_tree``);
+- ``GET /api/{models,datasets}/{ns}/{name}/auth-check`` → 200 when the token may read the
+  files, else the error a file download gets (``auth_check``, huggingface_hub's access probe);
 - ``HEAD``/``GET /[datasets/]{ns}/{name}/resolve/{rev}/{path}`` → the bytes, with
   ``X-Repo-Commit``, ``ETag``, ``Content-Length``, ``Accept-Ranges``; ``Range`` → 206 with
   ``Content-Range`` (``hf_hub_download``'s metadata call, download and resume).
@@ -293,6 +295,11 @@ _ROUTES: list[Route] = [
         ),
         "_resolve",
     ),
+    (
+        "GET",
+        re.compile(rf"^/api/(?P<type>models|datasets|spaces)/{_REPO}/auth-check$"),
+        "_auth_check",
+    ),
     ("GET", re.compile(r"^/api/whoami-v2$"), "_whoami"),
     ("POST", re.compile(r"^/api/repos/create$"), "_create_repo"),
     ("POST", re.compile(r"^/api/validate-yaml$"), "_validate_yaml"),
@@ -541,6 +548,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(method, 200)
             return
         self._send_body(repo, path, data[start:end], start)
+
+    def _auth_check(self, method: str, params: dict[str, str], query: dict[str, str]) -> None:
+        """Whether the token may read the repo's files: what a download would be told, asked
+        without downloading (``HfApi.auth_check``, which reads only the status and error code).
+        """
+        self._check_access(self._find(params))
+        self._json(method, {})
 
     def _whoami(self, method: str, params: dict[str, str], query: dict[str, str]) -> None:
         token = self._token() or ""

@@ -1,4 +1,7 @@
-"""``loraq config``: a job's TOML files without a GPU, the network or the volume."""
+"""``loraq config``: a job's TOML files without a GPU; ``--offline``, without the network either.
+
+The dry run's network checks (Hub access, dataset URLs) are in tests/cli/test_config_dry_run.py.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +50,15 @@ def test_a_valid_job_writes_both_files_with_paths_under_the_volume(
     volume = tmp_path / "volume"
     out = tmp_path / "out"
     code = main(
-        ["config", str(_job_file(tmp_path, _body())), "--out", str(out), "--volume", str(volume)]
+        [
+            "config",
+            str(_job_file(tmp_path, _body())),
+            "--out",
+            str(out),
+            "--volume",
+            str(volume),
+            "--offline",
+        ]
     )
 
     assert code == 0
@@ -70,7 +81,12 @@ def test_a_job_without_an_id_gets_a_placeholder_directory(tmp_path: Path) -> Non
     body = _body()
     del body["input"]["job_id"]
     assert (
-        main(["config", str(_job_file(tmp_path, body)), "--out", str(tmp_path), "--volume", "/v"])
+        main(
+            [
+                *("config", str(_job_file(tmp_path, body)), "--out", str(tmp_path)),
+                *("--volume", "/v", "--offline"),
+            ]
+        )
         == 0
     )
     assert toml.load(tmp_path / "train.toml")["output_dir"] == "/v/jobs/JOB_ID/output"
@@ -88,7 +104,11 @@ def test_a_job_without_an_id_gets_a_placeholder_directory(tmp_path: Path) -> Non
             "input.training.learning_rate: Input should be less than or equal to 1",
         ),
         ({"dataset": {"type": "videos"}}, "input.dataset: Value error, videos_url is required"),
-        ({"model_type": "flux"}, "input.dataset.videos_url: Flux trains on images only"),
+        (
+            # Without min_t, a key Flux does not read (refused at parse time, before this rule).
+            {"model_type": "flux", "training": {"epochs": 3}},
+            "input.dataset.videos_url: Flux trains on images only",
+        ),
         ({"model_type": "wan14b_i2v"}, "input.dataset.type: Wan 14B I2V trains on videos only"),
         ({"model_type": "gan"}, "input.model_type: Input should be"),
         (
@@ -128,7 +148,17 @@ def test_the_seed_requests_configure(tmp_path: Path, capsys: pytest.CaptureFixtu
     written = 0
     for fixture in sorted(FIXTURES.glob("*.json")):
         out = tmp_path / fixture.stem
-        code = main(["config", str(fixture), "--out", str(out), "--volume", str(tmp_path / "v")])
+        code = main(
+            [
+                "config",
+                str(fixture),
+                "--out",
+                str(out),
+                "--volume",
+                str(tmp_path / "v"),
+                "--offline",
+            ]
+        )
         err = capsys.readouterr().err
         if code == 0:
             written += 1
@@ -150,6 +180,7 @@ def test_the_installed_command_runs(tmp_path: Path) -> None:
             str(_job_file(tmp_path, _body())),
             "--out",
             str(out),
+            "--offline",
         ],
         capture_output=True,
         text=True,
