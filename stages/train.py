@@ -1,8 +1,10 @@
 """Train: run the trainer to completion, resuming from the newest complete checkpoint.
 
 Progress events come from the trainer's own stdout; checkpoints are noticed when DeepSpeed's
-``latest`` file moves. On shutdown the trainer is asked to checkpoint and quit (``save_quit``),
-so the next worker loses at most the steps since that checkpoint.
+``latest`` file moves. On shutdown the trainer is asked to checkpoint and quit (``save_quit``)
+when that can finish in the grace, so the next worker loses at most the steps since that
+checkpoint. A resume never trusts a torn save and never starts from a final checkpoint
+(``stages/trainer/resume_point.py``): upstream would train a whole extra epoch from it.
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ async def run(ctx: StageContext) -> StageOutcome:
     point = await asyncio.to_thread(
         plan_resume, ctx.paths.output, ctx.paths.config / TRAIN_TOML, spec.lora_file
     )
-    _log_resume_point(ctx, point)
+    _log_resume_point(point)
     if point.finished and point.checkpoint is not None:
         # The trainer finished, then we died before recording it: resuming would train more.
         outcome = _saved_outcome(point.checkpoint.run_dir, spec.lora_file, point.checkpoint.step)
@@ -182,7 +184,7 @@ async def _checked(ctx: StageContext, outcome: StageOutcome, cached: bool) -> St
     return outcome
 
 
-def _log_resume_point(ctx: StageContext, point: ResumePoint) -> None:
+def _log_resume_point(point: ResumePoint) -> None:
     if point.removed or point.rolled_back_from:
         log.warning(
             "train.resume_repaired",
