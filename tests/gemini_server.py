@@ -60,6 +60,9 @@ class GeminiState:
     throttle_first: int = 0
     retry_after_s: float = 0
     latency_s: float = 0
+    # Generate calls wait (up to 10 s) until this many were in flight at once: a concurrency
+    # test then sees the limit reached however slowly a loaded host starts the calls.
+    hold_until_in_flight: int = 0
     processing_polls: int = 1
     failed_files: set[str] = field(default_factory=set)  # upload file names that go FAILED
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -241,6 +244,9 @@ class _Handler(BaseHTTPRequestHandler):
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
+            deadline = time.monotonic() + 10
+            while state.max_in_flight < state.hold_until_in_flight and time.monotonic() < deadline:
+                time.sleep(0.005)
             time.sleep(state.latency_s)  # the model "thinking": holds this request open
         finally:
             with state.lock:

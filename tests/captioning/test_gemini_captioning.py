@@ -127,6 +127,7 @@ async def test_the_concurrency_limit_holds(tmp_path: Path, gemini: Served, limit
     never exceeded)."""
     url, state = gemini
     state.latency_s = 0.1
+    state.hold_until_in_flight = limit  # reached for sure, not by the host's timing
     ctx = make_context(tmp_path, url, caption_concurrency=limit)
     add_videos(ctx, [f"v{i}.mp4" for i in range(6)])
 
